@@ -1,0 +1,513 @@
+"""Build, save and load FAISS indexes that describe themselves (manifest.json) and resume after interrupts.
+
+An index folder holds `index.faiss` (always a CPU index), `passages.jsonl` (row i = vector i) and
+`manifest.json` (format version, embedder id/dim/prompts and a probe vector, normalisation, FAISS factory,
+corpus files with sha256, chunking, counts, build time). Vectors are unit-norm and the metric is inner
+product, so scores are cosine similarities. Embeddings are checkpointed in shards under
+`<out_dir>.partial/`, and the finished folder appears with one rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calm_rag.corpora import (ChunkConfig, CorpusSource, chunk_documents, corpus_files, load_documents,
+                              passage_embed_text)
+from calm_rag.records import Passage, RecordError, atomic_write_text, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+PASSAGES_FILE = "passages.jsonl"
+MANIFEST_FILE = "manifest.json"
+PROBE_TEXT = "calm-rag probe: the heart pumps blood; 心脏泵血。"
+
+
+class IndexBuildError(ValueError):
+    """An index that cannot be built from these inputs; the message says what to change."""
+
+
+class IndexLoadError(ValueError):
+    """An index folder that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How an index is built (chunking included)."""
+
+    factory: str = field(default="Flat", metadata={
+        "help": "FAISS index_factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product)"})
+    chunk: ChunkConfig = field(default_factory=ChunkConfig, metadata={"help": "chunking settings"})
+    batch_size: int = field(default=64, metadata={"help": "chunks per embedder forward pass"})
+    shard_size: int = field(default=4096, metadata={
+        "help": "chunks per checkpoint shard: an interrupted build loses at most one shard of work"})
+    train_size: int = field(default=65536, metadata={
+        "help": "vectors sampled to train IVF/PQ indexes (39-256 per centroid is typical)"})
+    ef_construction: int = field(default=80, metadata={"help": "HNSW build-time beam width"})
+    seed: int = field(default=0, metadata={"help": "seed of the training sample"})
+    use_gpu: bool = field(default=True, metadata={"help": "build on FAISS GPUs when faiss sees any"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunk, Mapping):
+            object.__setattr__(self, "chunk", ChunkConfig(**self.chunk))
+        if not self.factory or not self.factory.strip():
+            raise ValueError("index factory is empty; use a FAISS index_factory string such as Flat or HNSW32")
+        for name in ("batch_size", "shard_size", "train_size", "ef_construction"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"index {name}={getattr(self, name)} must be >= 1")
+        if self.shard_size < self.batch_size:
+            raise ValueError(f"index shard_size={self.shard_size} is smaller than batch_size={self.batch_size}; "
+                             "make shard_size a multiple of batch_size")
+
+
+# ---------------------------------------------------------------- FAISS
+
+def _unwrap(index: Any) -> Any:
+    import faiss
+
+    return faiss.downcast_index(index)
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str = "Flat", *, train_size: int = 65536, seed: int = 0,
+                     use_gpu: bool = True, ef_construction: int = 80) -> tuple[Any, str]:
+    """Train (if needed) and fill a cosine (inner product) FAISS index; returns (CPU index, device used)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot parse factory {factory!r} for dim {d} "
+                              f"({str(exc).strip().splitlines()[-1]}); try Flat, HNSW32 or IVF256,PQ16") from exc
+    inner = _unwrap(index)
+    if hasattr(inner, "hnsw"):
+        inner.hnsw.efConstruction = ef_construction
+    device, work = "cpu", index
+    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu and ngpu > 0:
+        try:
+            work = faiss.index_cpu_to_all_gpus(index)
+            device = f"gpu x{ngpu}"
+        except (RuntimeError, AttributeError) as exc:  # e.g. HNSW has no GPU version
+            log.info("FAISS GPU cannot hold %s (%s); building on CPU", factory, exc)
+    if not work.is_trained:
+        n_train = min(n, train_size)
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(n, n_train, replace=False))]
+        try:
+            work.train(sample)
+        except RuntimeError as exc:
+            raise IndexBuildError(f"FAISS could not train {factory!r} on {n_train} vectors "
+                                  f"({str(exc).strip().splitlines()[-1]}); use fewer IVF lists / PQ bits, "
+                                  "or Flat / HNSW32 for a small corpus") from exc
+    work.add(vectors)
+    if device != "cpu":
+        index = faiss.index_gpu_to_cpu(work)
+    return index, device
+
+
+# ---------------------------------------------------------------- build
+
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _embed_resumable(texts: list[str], encoder: Any, emb_dir: Path, cfg: IndexConfig,
+                     on_batch: Callable[[int, int], None] | None, progress: bool) -> np.ndarray:
+    """Embed in shards saved as .npy; existing shards are reused. Length-sorted within a shard, like
+    sentence-transformers does within one encode call, so padding stays as low as in a single call."""
+    from tqdm.auto import tqdm
+
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    n, dim = len(texts), encoder.dim
+    n_shards = math.ceil(n / cfg.shard_size)
+    shards: list[np.ndarray] = []
+    done = 0
+    for s in range(n_shards):
+        lo, hi = s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size)
+        path = emb_dir / f"shard-{s:05d}.npy"
+        if path.exists():
+            arr = np.load(path, allow_pickle=False)
+            if arr.shape == (hi - lo, dim) and arr.dtype == np.float32:
+                shards.append(arr)
+                done = hi
+                continue
+            log.warning("%s has shape %s, expected %s; re-embedding it", path, arr.shape, (hi - lo, dim))
+        break
+    if done:
+        log.info("resuming: %d of %d chunks already embedded in %s", done, n, emb_dir)
+    batches = 0
+    with tqdm(total=n, initial=done, unit="chunk", desc="embedding", disable=not progress) as bar:
+        for s in range(len(shards), n_shards):
+            lo, hi = s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size)
+            order = sorted(range(lo, hi), key=lambda i: -len(texts[i]))
+            out = np.empty((hi - lo, dim), dtype=np.float32)
+            for b in range(0, hi - lo, cfg.batch_size):
+                idx = order[b:b + cfg.batch_size]
+                out[np.asarray(idx) - lo] = encoder.encode_document([texts[i] for i in idx],
+                                                                    batch_size=len(idx))
+                bar.update(len(idx))
+                batches += 1
+                if on_batch is not None:
+                    on_batch(batches, lo + b + len(idx))
+            _save_npy_atomic(emb_dir / f"shard-{s:05d}.npy", out)
+            shards.append(out)
+    return np.concatenate(shards) if shards else np.zeros((0, dim), dtype=np.float32)
+
+
+def _fingerprint(docs: list[Any], encoder: Any, chunk: ChunkConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "embedder": encoder.describe(),
+                         "chunk": dataclasses.asdict(chunk)}, sort_keys=True).encode())
+    for d in docs:
+        h.update(json.dumps(dataclasses.asdict(d), ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _probe(encoder: Any) -> list[float]:
+    return [round(float(x), 6) for x in encoder.encode_document([PROBE_TEXT])[0]]
+
+
+def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path, cfg: IndexConfig | None = None, *,
+                factory: str | None = None, chunk: ChunkConfig | None = None, batch_size: int | None = None,
+                overwrite: bool = False, on_batch: Callable[[int, int], None] | None = None,
+                progress: bool = True) -> Path:
+    """Chunk, embed (checkpointed), index and save; returns the finished folder.
+
+    `docs_or_files`: Documents, corpus paths (globs allowed), CorpusSources or HF Datasets.
+    `on_batch(batches_done, chunks_done)` runs after every embedded batch (progress hooks; tests
+    interrupt a build by raising from it). Running the same call again resumes from `<out_dir>.partial/`.
+    """
+    import faiss
+
+    cfg = cfg or IndexConfig()
+    overrides = {k: v for k, v in {"factory": factory, "chunk": chunk, "batch_size": batch_size}.items()
+                 if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise IndexBuildError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or choose another folder")
+    started = time.time()
+    items = list(docs_or_files)
+    files = corpus_files(items)
+    docs = load_documents(items)
+    if not docs:
+        raise IndexBuildError(f"no documents to index for {out_dir}; check the corpus paths")
+    fingerprint = _fingerprint(docs, encoder, cfg.chunk)
+
+    work = out_dir.with_name(out_dir.name + ".partial")
+    state_path = work / "state.json"
+    if work.exists():
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state.get("fingerprint") != fingerprint:
+            log.warning("%s holds a build of other inputs (corpus, embedder or chunking changed); starting over", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state_path, json.dumps({"fingerprint": fingerprint, "out_dir": str(out_dir)}))
+
+    passages_path = work / PASSAGES_FILE
+    if passages_path.exists():
+        passages = list(read_jsonl(passages_path, Passage))
+    else:
+        t = time.time()
+        passages = list(chunk_documents(docs, encoder.count_tokens, cfg.chunk))
+        write_jsonl(passages_path, passages)
+        log.info("chunked %d documents into %d passages in %.1fs", len(docs), len(passages), time.time() - t)
+    texts = [passage_embed_text(p, cfg.chunk) for p in passages]
+    budget = encoder.max_seq_length - encoder.count_tokens(encoder.document_prompt) - 2
+    if cfg.chunk.max_tokens > budget:
+        log.warning("chunk max_tokens=%d exceeds what %s reads after its prompt (%d): chunk tails will be "
+                    "truncated; lower chunk.max_tokens", cfg.chunk.max_tokens, encoder.model_id, budget)
+
+    t_embed = time.time()
+    vectors = _embed_resumable(texts, encoder, work / "emb", cfg, on_batch, progress)
+    embed_s = time.time() - t_embed
+    t_index = time.time()
+    index, device = make_faiss_index(vectors, cfg.factory, train_size=cfg.train_size, seed=cfg.seed,
+                                     use_gpu=cfg.use_gpu, ef_construction=cfg.ef_construction)
+    index_s = time.time() - t_index
+
+    staged = work / "out"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir()
+    faiss.write_index(index, str(staged / INDEX_FILE))
+    shutil.copyfile(passages_path, staged / PASSAGES_FILE)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "embedder": {**encoder.describe(), "probe_text": PROBE_TEXT, "probe": _probe(encoder)},
+        "normalized": True,
+        "metric": "inner_product",
+        "factory": cfg.factory,
+        "index_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "chunk"},
+        "chunking": dataclasses.asdict(cfg.chunk),
+        "corpus": {"files": files, "fingerprint": fingerprint},
+        "counts": {"documents": len(docs), "passages": len(passages),
+                   "by_lang": dict(sorted(Counter(p.lang for p in passages).items())),
+                   "by_source": dict(sorted(Counter(p.source for p in passages).items()))},
+        "files": {name: {"bytes": (staged / name).stat().st_size, "sha256": _sha256(staged / name)}
+                  for name in (INDEX_FILE, PASSAGES_FILE)},
+        "build": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                  "seconds": round(time.time() - started, 2), "embed_seconds": round(embed_s, 2),
+                  "index_seconds": round(index_s, 2), "faiss_device": device, "encoder_device": encoder.device,
+                  "faiss_version": faiss.__version__},
+    }
+    atomic_write_text(staged / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(staged, out_dir)
+    shutil.rmtree(work)
+    if old.exists():
+        shutil.rmtree(old)
+    log.info("index %s: %d passages from %d documents, %s, %.1fs", out_dir, len(passages), len(docs),
+             cfg.factory, time.time() - started)
+    return out_dir
+
+
+def _sha256(path: Path) -> str:
+    from calm_rag.corpora import file_sha256
+
+    return file_sha256(path)
+
+
+# ---------------------------------------------------------------- load
+
+@dataclass
+class LoadedIndex:
+    """A FAISS index with its passages (row i = vector i) and manifest."""
+
+    path: Path
+    index: Any
+    passages: list[Passage]
+    manifest: dict[str, Any]
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise IndexLoadError(f"{path}: no such index folder; build it first (calm-rag index build <recipe>)")
+    man_path = path / MANIFEST_FILE
+    if not man_path.exists():
+        raise IndexLoadError(f"{man_path}: missing, so {path} is not a finished calm-rag index; rebuild it")
+    try:
+        manifest = json.loads(man_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexLoadError(f"{man_path}: not valid JSON ({exc}); rebuild the index") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexLoadError(f"{man_path}: index format version {version}, this calm-rag reads {FORMAT_VERSION}; "
+                             "rebuild the index with this version")
+    return manifest
+
+
+def check_encoder(manifest: Mapping[str, Any], encoder: Any, where: str = MANIFEST_FILE) -> None:
+    """Fail when `encoder` is not the embedder the index was built with (dimension, prompts, probe vector)."""
+    emb = manifest["embedder"]
+    fix = "load the index's embedder, or rebuild the index with this one"
+    if int(emb["dim"]) != encoder.dim:
+        raise IndexLoadError(f"{where}: index built with embedder {emb['id']} (dim {emb['dim']}), but the "
+                             f"encoder is {encoder.model_id} (dim {encoder.dim}); {fix}")
+    if emb.get("prompts") and emb["prompts"] != encoder.prompts:
+        raise IndexLoadError(f"{where}: index built with prompts {emb['prompts']}, the encoder uses "
+                             f"{encoder.prompts}; {fix}")
+    probe = np.asarray(emb.get("probe") or [], dtype=np.float32)
+    if probe.size:
+        mine = encoder.encode_document([emb.get("probe_text", PROBE_TEXT)])[0]
+        cos = float(probe @ mine / (np.linalg.norm(probe) * np.linalg.norm(mine) + 1e-12))
+        if cos < 0.99:
+            raise IndexLoadError(f"{where}: index built with embedder {emb['id']}, but {encoder.model_id} gives "
+                                 f"other vectors (probe cosine {cos:.3f}); {fix}")
+    if emb["id"] != encoder.model_id:
+        log.info("embedder id %s differs from the index's %s, but its vectors match", encoder.model_id, emb["id"])
+
+
+def load_index(path: str | Path, expect_encoder: Any = None, verify: bool = True) -> LoadedIndex:
+    """Load an index folder, checking manifest, file sizes/hashes, embedder and passage count."""
+    import faiss
+
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if expect_encoder is not None:
+        check_encoder(manifest, expect_encoder, str(path / MANIFEST_FILE))
+    files = manifest.get("files", {})
+    for name in (INDEX_FILE, PASSAGES_FILE):
+        f = path / name
+        if not f.exists():
+            raise IndexLoadError(f"{f}: missing; rebuild the index")
+        want = files.get(name, {})
+        size = f.stat().st_size
+        if "bytes" in want and size != want["bytes"]:
+            raise IndexLoadError(f"{f}: {size} bytes but the manifest says {want['bytes']}: the file is truncated "
+                                 "or was replaced; rebuild the index")
+        if verify and "sha256" in want and _sha256(f) != want["sha256"]:
+            raise IndexLoadError(f"{f}: sha256 differs from the manifest: the file is corrupt or was replaced; "
+                                 "rebuild the index")
+    idx_path = path / INDEX_FILE
+    try:
+        index = faiss.read_index(str(idx_path))
+    except RuntimeError as exc:
+        raise IndexLoadError(f"{idx_path}: FAISS cannot read it ({str(exc).strip().splitlines()[-1]}): the file "
+                             "is corrupt or truncated; rebuild the index") from exc
+    if index.d != int(manifest["embedder"]["dim"]):
+        raise IndexLoadError(f"{idx_path}: vectors have dim {index.d}, the manifest says "
+                             f"{manifest['embedder']['dim']}; rebuild the index")
+    pass_path = path / PASSAGES_FILE
+    try:
+        passages = list(read_jsonl(pass_path, Passage))
+    except RecordError as exc:
+        raise IndexLoadError(f"{exc}; the chunk store is damaged: rebuild the index") from exc
+    if len(passages) != index.ntotal:
+        raise IndexLoadError(f"{pass_path}: {len(passages)} passages but {INDEX_FILE} holds {index.ntotal} vectors: "
+                             "they come from different builds; rebuild the index")
+    return LoadedIndex(path=path, index=index, passages=passages, manifest=manifest)
+
+
+def index_info(path: str | Path) -> dict[str, Any]:
+    """A summary of an index folder from its manifest (no FAISS load): for `calm-rag index info`."""
+    path = Path(path)
+    m = _read_manifest(path)
+    return {
+        "path": str(path),
+        "format_version": m["format_version"],
+        "embedder": m["embedder"]["id"],
+        "dim": m["embedder"]["dim"],
+        "prompts": m["embedder"].get("prompts"),
+        "factory": m["factory"],
+        "metric": m.get("metric"),
+        "documents": m["counts"]["documents"],
+        "passages": m["counts"]["passages"],
+        "by_lang": m["counts"]["by_lang"],
+        "by_source": m["counts"]["by_source"],
+        "chunking": m["chunking"],
+        "corpus_files": [f["path"] for f in m["corpus"]["files"]],
+        "built": m["build"]["started"],
+        "build_seconds": m["build"]["seconds"],
+        "bytes": sum((path / n).stat().st_size for n in (INDEX_FILE, PASSAGES_FILE, MANIFEST_FILE)
+                     if (path / n).exists()),
+    }
+
+
+# ---------------------------------------------------------------- recipes
+
+DEFAULT_EMBEDDER = "multilingual-e5-small"
+
+
+@dataclass(frozen=True)
+class IndexRecipe:
+    """A named index: which corpora, which embedder, how to build, where it goes."""
+
+    name: str = field(metadata={"help": "recipe name (indexes/<name>.yaml)"})
+    corpora: tuple[CorpusSource, ...] = field(metadata={"help": "corpus inputs; globs allowed"})
+    embedder: str = field(default=DEFAULT_EMBEDDER, metadata={"help": "packaged name, folder or hub id"})
+    index: IndexConfig = field(default_factory=IndexConfig, metadata={"help": "build settings"})
+    output: Path = field(default=Path("indexes/default"), metadata={"help": "index folder"})
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise ValueError(f"recipe {self.name}: no corpora; list at least one corpus file under corpora:")
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise IndexBuildError(f"{p}: no such recipe file")
+        return p
+    for base in (Path.cwd(), _repo_root()):
+        candidate = base / "indexes" / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    known = sorted(q.stem for q in (_repo_root() / "indexes").glob("*.yaml"))
+    raise IndexBuildError(f"no index recipe named {name_or_path!r}; known: {', '.join(known) or 'none'} "
+                          "(or pass a path to a .yaml file)")
+
+
+def load_recipe(name_or_path: str | Path, root: str | Path | None = None) -> IndexRecipe:
+    """Read `indexes/<name>.yaml` (or a path); relative paths resolve from `root` (default: the folder
+    above the recipe's folder, i.e. the repo root for `indexes/*.yaml`)."""
+    import yaml
+
+    path = find_recipe(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise IndexBuildError(f"{path}: not valid YAML ({exc}); fix the recipe") from exc
+    if not isinstance(data, dict):
+        raise IndexBuildError(f"{path}: a recipe is a mapping with name, embedder, corpora, index, chunk, output")
+    known = {"name", "embedder", "corpora", "index", "chunk", "output", "description"}
+    unknown = set(data) - known
+    if unknown:
+        raise IndexBuildError(f"{path}: unknown key(s) {sorted(unknown)}; use {', '.join(sorted(known))}")
+    base = Path(root) if root is not None else path.resolve().parent.parent
+
+    def resolve(p: str) -> str:
+        return p if p.startswith("hf:") or Path(p).is_absolute() else str(base / p)
+
+    sources = []
+    for i, entry in enumerate(data.get("corpora") or [], 1):
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise IndexBuildError(f"{path}: corpora entry {i} needs a path (a string or {{path: ...}})")
+        try:
+            sources.append(CorpusSource(**{**entry, "path": resolve(str(entry["path"]))}))
+        except TypeError as exc:
+            raise IndexBuildError(f"{path}: corpora entry {i}: {exc}; allowed keys are "
+                                  f"{[f.name for f in dataclasses.fields(CorpusSource)]}") from exc
+    name = str(data.get("name") or path.stem)
+    try:
+        chunk = ChunkConfig(**(data.get("chunk") or {}))
+        index_cfg = IndexConfig(**{**(data.get("index") or {}), "chunk": chunk})
+    except TypeError as exc:
+        raise IndexBuildError(f"{path}: {exc}; see IndexConfig / ChunkConfig fields in calm_rag/index.py") from exc
+    output = Path(resolve(str(data.get("output") or f"indexes/{name}")))
+    return IndexRecipe(name=name, corpora=tuple(sources), embedder=str(data.get("embedder") or DEFAULT_EMBEDDER),
+                       index=index_cfg, output=output)
+
+
+def build_from_recipe(recipe: IndexRecipe | str | Path, encoder: Any = None, *, overwrite: bool = False,
+                      progress: bool = True, device: str | None = None) -> Path:
+    """Build the index a recipe describes (the `calm-rag index build` entry point)."""
+    from calm_rag.embed import load_encoder
+
+    if not isinstance(recipe, IndexRecipe):
+        recipe = load_recipe(recipe)
+    encoder = encoder or load_encoder(recipe.embedder, device=device)
+    return build_index(recipe.corpora, encoder, recipe.output, recipe.index, overwrite=overwrite, progress=progress)

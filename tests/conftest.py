@@ -1,0 +1,24 @@
+"""Shared fixtures; the tiny models live in tests/fixtures so each stays small."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["tests.fixtures.tiny_lm", "tests.fixtures.tiny_embedder"]
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (real QA data and corpora); tests that need it skip with the reason when absent."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"real data not found at {SHARED}: these tests read ../shared/data and ../shared/corpora")
+    return SHARED
