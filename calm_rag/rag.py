@@ -1,0 +1,262 @@
+"""The Self-RAG generator at run time: decide retrieval, answer once per passage, critique, score.
+
+Two critique modes behind one interface, picked from the tokenizer:
+- native: the vocabulary holds the reflection tokens; the model writes them and their
+  probabilities are read from the logits at the steps where it wrote them (and, for the
+  retrieval decision, at the first response position);
+- verbalised: any instruct model; short critic prompts ask the same four questions and the
+  next-token probabilities of the verbalised options ("Yes"/"No", "1".."5") stand in for the
+  reflection tokens' probabilities.
+Both yield the same probability table, so `selfrag.score_critique` and `selfrag.render_output`
+serve both, and a sampled answer always carries its reflection tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from calm_rag import selfrag
+from calm_rag.config import GenerateConfig, SelfRagConfig
+from calm_rag.generate import Generator
+from calm_rag.records import Critique, Generation, Hit, Passage, Question
+
+log = logging.getLogger(__name__)
+
+# Verbalised critic prompts (English; the question and passage stay in their own language).
+CRITIC_RETRIEVAL = (
+    "Question:\n{question}\n\nWould reading a reference document (encyclopedia, medical text) help to answer "
+    "this question correctly? Answer Yes or No.")
+CRITIC_RELEVANCE = (
+    "Passage:\n{passage}\n\nQuestion:\n{question}\n\nDoes the passage contain information relevant to "
+    "answering the question? Answer Yes or No.")
+CRITIC_SUPPORT = (
+    "Passage:\n{passage}\n\nAnswer:\n{answer}\n\nHow well does the passage support the answer? Reply with one "
+    "digit: 1 = fully supported, 2 = partially supported, 3 = not supported or contradicted.")
+CRITIC_UTILITY = (
+    "Question:\n{question}\n\nAnswer:\n{answer}\n\nRate how useful and correct the answer is, from 1 (useless) "
+    "to 5 (complete and correct). Reply with one digit.")
+
+YES_NO = ("Yes", "No")
+DIGITS = ("1", "2", "3", "4", "5")
+
+
+@dataclass
+class Candidate:
+    """One generation for one passage (or without a passage) and its critique."""
+
+    text: str  # rendered Self-RAG output without the passage text (what DPO pairs use)
+    answer: str  # the answer alone, reflection tokens stripped
+    letter: str | None
+    critique: Critique
+    prompt: str
+    hit: Hit | None = None
+
+
+@dataclass
+class RagAnswer:
+    """The answer to one question: all candidates, the retrieval decision and the voted letter."""
+
+    question: Question
+    retrieved: bool
+    p_retrieve: float | None
+    hits: list[Hit]
+    samples: list[list[Candidate]]  # [sample][passage]
+    letters: list[str | None] = field(default_factory=list)  # per sample, score-weighted over passages
+
+    def best(self, sample: int = 0) -> Candidate:
+        """The highest-scoring candidate of a sample that agrees with that sample's letter."""
+        cands = self.samples[sample]
+        letter = self.letters[sample]
+        pool = [c for c in cands if c.letter == letter] or cands
+        return max(pool, key=lambda c: c.critique.score)
+
+    def generations(self) -> list[Generation]:
+        out = []
+        for s in range(len(self.samples)):
+            best = self.best(s)
+            out.append(Generation(
+                question_id=self.question.id, lang=self.question.lang, sample=s, text=best.text,
+                letter=self.letters[s], critique=best.critique,
+                passage_ids=tuple(h.passage.id for h in self.hits), prompt=best.prompt))
+        return out
+
+
+def has_reflection_tokens(tokenizer) -> bool:
+    """Native mode needs every reflection token as a single token of the vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return all(t in vocab for t in selfrag.REFLECTION_TOKENS)
+
+
+def unit_seed(base: int, *parts: str) -> int:
+    """A stable per-unit seed (question id, language), independent of run order."""
+    return (base * 1_000_003 + zlib.crc32("\x1f".join(parts).encode())) % (2**31)
+
+
+class SelfRag:
+    """Retriever + generator + critic; `answer()` does the whole Self-RAG pass for one question."""
+
+    def __init__(self, generator: Generator, retriever=None, cfg: SelfRagConfig | None = None,
+                 gen_cfg: GenerateConfig | None = None):
+        self.gen = generator
+        self.retriever = retriever
+        self.cfg = cfg or SelfRagConfig()
+        self.gen_cfg = gen_cfg or GenerateConfig()
+        native = has_reflection_tokens(generator.tokenizer)
+        mode = self.cfg.critique
+        if mode == "native" and not native:
+            raise ValueError("selfrag.critique=native but the tokenizer lacks the reflection tokens; "
+                             "use critique=auto or verbalised, or a Self-RAG model")
+        self.native = native if mode == "auto" else mode == "native"
+        self.weights = selfrag.CritiqueWeights(self.cfg.w_rel, self.cfg.w_sup, self.cfg.w_use)
+        self.extra_special = [t for t in getattr(generator.tokenizer, "all_special_tokens", [])
+                              if t not in selfrag.SPECIAL_TOKENS]
+
+    @property
+    def mode(self) -> str:
+        return "native" if self.native else "verbalised"
+
+    # ------------------------------------------------------------ prompts
+
+    def prompt(self, instruction: str, hit: Hit | None) -> str:
+        passage = hit.passage if hit else None
+        if self.native:
+            return selfrag.format_prompt(instruction, passage, self.extra_special)
+        user = instruction
+        if passage is not None:
+            user = ("Reference passage:\n" + selfrag.format_paragraph(passage, self.extra_special)
+                    + "\n\n" + instruction)
+        return self.gen.chat_prompt(user)
+
+    def _critic(self, template: str, **fields: str) -> str:
+        clean = {k: selfrag.neutralise(v, self.extra_special) if k == "passage" else v for k, v in fields.items()}
+        return self.gen.chat_prompt(template.format(**clean))
+
+    # ------------------------------------------------------------ the pass
+
+    def retrieval_decision(self, questions: Sequence[Question]) -> list[tuple[bool, float | None]]:
+        if self.cfg.retrieval != "adaptive" or self.retriever is None:
+            keep = self.cfg.retrieval == "always" and self.retriever is not None
+            return [(keep, None)] * len(questions)
+        if self.native:
+            prompts = [selfrag.format_prompt(selfrag.question_instruction(q)) for q in questions]
+            tables = self.gen.next_token_probs(prompts, [selfrag.RETRIEVAL, selfrag.NO_RETRIEVAL])
+        else:
+            prompts = [self._critic(CRITIC_RETRIEVAL, question=_question_text(q)) for q in questions]
+            tables = [{selfrag.RETRIEVAL: t["Yes"], selfrag.NO_RETRIEVAL: t["No"]}
+                      for t in self.gen.next_token_probs(prompts, YES_NO)]
+        return [(selfrag.should_retrieve(t, self.cfg.threshold, "adaptive"), selfrag.retrieval_prob(t))
+                for t in tables]
+
+    def answer(self, question: Question, n: int | None = None, seed: int | None = None,
+               hits: list[Hit] | None = None, decision: tuple[bool, float | None] | None = None) -> RagAnswer:
+        """n samples; each sample answers once per retrieved passage and is scored per option."""
+        n = self.gen_cfg.n if n is None else n
+        retrieve, p_ret = decision or self.retrieval_decision([question])[0]
+        if retrieve and hits is None:
+            hits = self.retriever.search([_question_text(question)], k=self.cfg.top_k)[0]
+        hits = list(hits or []) if retrieve else []
+        instruction = selfrag.question_instruction(question)
+        slots: list[Hit | None] = list(hits) if hits else [None]
+        prompts = [self.prompt(instruction, h) for h in slots]
+        seed = unit_seed(self.gen_cfg.seed, question.id, question.lang) if seed is None else seed
+        if self.native:
+            texts, tables = self._native_generate(prompts, n, seed)
+        else:
+            texts = self.gen.generate(prompts, self.gen_cfg, n=n, seed=seed)
+            tables = self._verbalised_tables(question, slots, texts)
+        samples: list[list[Candidate]] = [[] for _ in range(n)]
+        for i, hit in enumerate(slots):
+            for s in range(n):
+                probs = dict(tables[i][s])
+                if p_ret is not None:
+                    probs[selfrag.RETRIEVAL], probs[selfrag.NO_RETRIEVAL] = p_ret, 1.0 - p_ret
+                crit = selfrag.score_critique(probs, self.weights)
+                parsed = selfrag.parse_output(texts[i][s])
+                letter = selfrag.extract_choice(parsed.answer, question.lang, question.options) if question.options else None
+                rendered = selfrag.render_output(parsed.answer, crit, hit.passage if hit else None,
+                                                 retrieved=hit is not None, include_passage=False)
+                samples[s].append(Candidate(rendered, parsed.answer, letter, crit, prompts[i], hit))
+        letters = [selfrag.best_option(selfrag.aggregate_by_option((c.letter, _positive(c.critique.score))
+                                                                   for c in cands)) for cands in samples]
+        # A tie between options keeps the best-scoring candidate's letter rather than dropping it.
+        for s, cands in enumerate(samples):
+            if letters[s] is None and any(c.letter for c in cands):
+                letters[s] = max((c for c in cands if c.letter), key=lambda c: c.critique.score).letter
+        return RagAnswer(question, bool(hits), p_ret, hits, samples, letters)
+
+    # ------------------------------------------------------------ critique
+
+    def _verbalised_tables(self, question: Question, slots: list[Hit | None],
+                           texts: list[list[str]]) -> list[list[dict[str, float]]]:
+        """Relevance once per passage; support per (passage, answer); utility per answer."""
+        qtext = _question_text(question)
+        rel_tables: list[dict[str, float]] = [{} for _ in slots]
+        with_passage = [i for i, h in enumerate(slots) if h is not None]
+        if with_passage:
+            rel_prompts = [self._critic(CRITIC_RELEVANCE, passage=_passage_text(slots[i].passage), question=qtext)
+                           for i in with_passage]
+            for i, t in zip(with_passage, self.gen.next_token_probs(rel_prompts, YES_NO)):
+                rel_tables[i] = {selfrag.RELEVANT: t["Yes"], selfrag.IRRELEVANT: t["No"]}
+        flat = [(i, s, selfrag.parse_output(texts[i][s]).answer) for i in range(len(slots)) for s in range(len(texts[i]))]
+        sup_idx = [k for k, (i, _, _) in enumerate(flat) if slots[i] is not None]
+        sup_prompts = [self._critic(CRITIC_SUPPORT, passage=_passage_text(slots[flat[k][0]].passage),
+                                    answer=flat[k][2]) for k in sup_idx]
+        sup = dict(zip(sup_idx, self.gen.next_token_probs(sup_prompts, DIGITS[:3]))) if sup_idx else {}
+        use_prompts = [self._critic(CRITIC_UTILITY, question=qtext, answer=a) for _, _, a in flat]
+        use = self.gen.next_token_probs(use_prompts, DIGITS)
+        tables: list[list[dict[str, float]]] = [[{} for _ in texts[i]] for i in range(len(slots))]
+        for k, (i, s, _) in enumerate(flat):
+            table = dict(rel_tables[i])
+            if k in sup:
+                table.update(zip(selfrag.SUPPORT_TOKENS, (sup[k][d] for d in DIGITS[:3])))
+            table.update(zip(selfrag.UTILITY_TOKENS, (use[k][d] for d in DIGITS)))
+            tables[i][s] = table
+        return tables
+
+    def _native_generate(self, prompts: list[str], n: int, seed: int):
+        """Generate with raw logits and read each reflection group's probabilities at its step."""
+        import torch
+
+        tok = self.gen.tokenizer
+        groups = [selfrag.RELEVANCE_TOKENS, selfrag.SUPPORT_TOKENS, selfrag.UTILITY_TOKENS]
+        ids = {t: tok.convert_tokens_to_ids(t) for g in groups for t in g}
+        enc = self.gen._encode(prompts)
+        cfg = self.gen_cfg
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, num_return_sequences=n, do_sample=cfg.temperature > 0,
+                      output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+        if cfg.temperature > 0:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.gen.model.generate(**enc, **kwargs)
+        new = out.sequences[:, enc["input_ids"].shape[1]:]
+        probs = torch.softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # [seq, step, vocab]
+        texts = [self.gen._strip_pad(t) for t in tok.batch_decode(new, skip_special_tokens=False)]
+        tables = []
+        for row in range(new.shape[0]):
+            table: dict[str, float] = {}
+            for group in groups:
+                gids = [ids[t] for t in group]
+                steps = [j for j, t in enumerate(new[row].tolist()) if t in gids]
+                if steps:
+                    table.update({t: float(probs[row, steps[0], ids[t]]) for t in group})
+            tables.append(table)
+        return ([texts[i * n:(i + 1) * n] for i in range(len(prompts))],
+                [tables[i * n:(i + 1) * n] for i in range(len(prompts))])
+
+
+def _positive(score: float) -> float:
+    """Passage scores can be negative (utility); option totals use a floor so every answer counts."""
+    return max(score, 1e-3)
+
+
+def _question_text(q: Question) -> str:
+    opts = "\n".join(f"{k}. {v}" for k, v in q.options.items())
+    return f"{q.stem}\n{opts}".strip()
+
+
+def _passage_text(p: Passage) -> str:
+    return f"{p.title}\n{p.text}"

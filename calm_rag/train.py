@@ -1,0 +1,364 @@
+"""DPO with trl and peft on the generator itself: the only module that imports trl.
+
+A LoRA adapter is trained with trl's `DPOTrainer`; the reference model is the same base with
+the adapter disabled (`ref_model=None` with a peft config, trl's own way), so only one copy of
+the weights is held. Devices are left to the Trainer/accelerate, so the same call runs on CPU,
+one GPU, or several GPUs under `accelerate launch`.
+
+Prompts are plain, already formatted strings (the generator's own prompt, chat template
+included), so trl does not apply a chat template again; it appends EOS to chosen/rejected. The
+passages live in the prompt, so a prompt that would push prompt + answer past `max_length` is
+shortened here, before trl sees it: first the text of the last `<paragraph>` is cut from its end
+(the question, the passage title and the response cue survive), then, if that is not enough,
+the prompt is cut from the left (its end is kept). trl's own truncation would cut the answer
+instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .records import RecordError, atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("prompt", "chosen", "rejected")
+PARAGRAPH_OPEN, PARAGRAPH_CLOSE = "<paragraph>", "</paragraph>"
+SLACK = 2  # tokens kept free: the answer may tokenize a little differently after the prompt
+
+
+class TrainError(ValueError):
+    """Training cannot start as asked (e.g. a checkpoint from another run); the message says the fix."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter: Path  # loadable with peft.PeftModel.from_pretrained(base, adapter)
+    steps: int  # optimizer steps done in total (resumed ones included)
+    final_loss: float | None
+    mean_loss: float | None  # mean of the logged step losses over the whole run
+    seconds: float  # wall time of this call
+    metrics: dict[str, float] = field(default_factory=dict)  # the last logged DPO metrics
+    resumed_from: str | None = None  # the checkpoint this call resumed from
+    pairs: int = 0
+    truncated_prompts: int = 0
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def load_pairs(path: str | Path) -> list[dict[str, str]]:
+    """prompt/chosen/rejected rows from a JSONL of PreferencePair (or trl-only) records; other keys dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: pairs file not found; build it first (calm-rag pairs)")
+    rows = []
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        bad = [c for c in COLUMNS if not isinstance(rec.get(c), str)]
+        if bad:
+            raise RecordError(f"{path}: record {lineno}: field(s) {bad} missing or not a string; "
+                              f"each line needs prompt, chosen and rejected")
+        if not rec["chosen"].strip() or not rec["rejected"].strip():
+            raise RecordError(f"{path}: record {lineno}: empty chosen or rejected text; drop that pair")
+        rows.append({c: rec[c] for c in COLUMNS})
+    if not rows:
+        raise RecordError(f"{path}: no preference pairs in the file; nothing to train on "
+                          f"(did every question agree across languages?)")
+    return rows
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def _adds_eos(tokenizer) -> bool:
+    eos = tokenizer.eos_token_id
+    return eos is not None and tokenizer("a")["input_ids"][-1:] == [eos]
+
+
+def _cut(prompt: str, offsets: list[tuple[int, int]], excess: int) -> str:
+    """Drop `excess` tokens: from the end of the last passage's text first, then from the left."""
+    open_at = prompt.rfind(PARAGRAPH_OPEN)
+    close_at = prompt.find(PARAGRAPH_CLOSE, open_at) if open_at >= 0 else -1
+    if close_at >= 0:
+        start = open_at + len(PARAGRAPH_OPEN)
+        inside = [i for i, (a, b) in enumerate(offsets) if a >= start and b <= close_at]
+        if inside:
+            drop = inside[-min(excess, len(inside)):]
+            return prompt[:offsets[drop[0]][0]] + prompt[close_at:]  # the caller re-tokenizes and calls again
+    return prompt[offsets[min(excess, len(offsets) - 1)][0]:]
+
+
+def fit_prompt(prompt: str, longest_answer: int, tokenizer, max_length: int) -> tuple[str, bool]:
+    """Shorten `prompt` so prompt + answer (+ EOS, BOS) fit in `max_length` tokens; returns (prompt, cut?)."""
+    reserve = longest_answer + 1 + int(_adds_bos(tokenizer)) + SLACK
+    budget = max(max_length - reserve, max_length // 4)  # an over-long answer is cut by trl instead
+    cut = False
+    for _ in range(8):
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        excess = len(enc["input_ids"]) - budget
+        if excess <= 0:
+            return prompt, cut
+        prompt, cut = _cut(prompt, enc["offset_mapping"], excess), True
+    raise TrainError(f"could not shorten a prompt to {budget} tokens; raise train.max_length")
+
+
+def prepare_pairs(rows: list[dict[str, str]], tokenizer, max_length: int) -> tuple[list[dict[str, str]], int]:
+    """Rows ready for trl: no BOS text trl would add again, prompts that leave room for the answer."""
+    if _adds_eos(tokenizer):
+        logger.warning("the tokenizer appends EOS to every text; trl adds one to chosen/rejected too, "
+                       "so prompts will end in EOS: check the tokenizer's post-processor")
+    bos = tokenizer.bos_token if _adds_bos(tokenizer) else None
+    out, n_cut = [], 0
+    for row in rows:
+        prompt = row["prompt"]
+        if bos and prompt.startswith(bos):  # the tokenizer adds it; a chat template may have written it too
+            prompt = prompt[len(bos):]
+        longest = max(len(tokenizer(row[c], add_special_tokens=False)["input_ids"]) for c in ("chosen", "rejected"))
+        prompt, was_cut = fit_prompt(prompt, longest, tokenizer, max_length)
+        n_cut += was_cut
+        out.append({"prompt": prompt, "chosen": row["chosen"], "rejected": row["rejected"]})
+    if n_cut:
+        logger.warning("%d of %d prompts were longer than train.max_length=%d allows and were shortened "
+                       "(passage text first, then from the left)", n_cut, len(rows), max_length)
+    return out, n_cut
+
+
+# ---------------------------------------------------------------- model pieces
+
+
+def reflection_token_ids(tokenizer) -> list[int]:
+    """Ids of the Self-RAG reflection tokens and paragraph tags that the tokenizer has as single tokens."""
+    from .selfrag import SPECIAL_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in SPECIAL_TOKENS if t in vocab)
+
+
+def lora_config(cfg: TrainConfig, model, tokenizer):
+    """A peft LoraConfig for a causal LM; optionally also trains the reflection tokens' embedding rows."""
+    from peft import LoraConfig
+
+    targets: str | list[str] = cfg.lora_targets.strip()
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    token_ids = reflection_token_ids(tokenizer) if cfg.train_tokens != "none" else []
+    if cfg.train_tokens == "reflection" and not token_ids:
+        raise TrainError("train.train_tokens=reflection but the tokenizer has no Self-RAG reflection tokens; "
+                         "use train_tokens=auto or none for this model")
+    trainable: list[int] | dict[str, list[int]] | None = None
+    if token_ids:
+        tied = model.get_output_embeddings() is None or (
+            model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+        in_name = _module_name(model, model.get_input_embeddings())
+        # the output rows matter most (the model writes and scores these tokens); tied ones follow the input rows
+        trainable = token_ids if tied else {in_name: token_ids,
+                                            _module_name(model, model.get_output_embeddings()): token_ids}
+        logger.info("training the embedding rows of %d reflection tokens (%s embeddings)",
+                    len(token_ids), "tied" if tied else "input and output")
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", trainable_token_indices=trainable)
+
+
+def _module_name(model, module) -> str:
+    for name, mod in model.named_modules():
+        if mod is module:
+            return name.rsplit(".", 1)[-1]
+    raise TrainError(f"{type(model).__name__}: embedding module not found by name")
+
+
+def _dpo_args(cfg: TrainConfig, checkpoints: Path, device: str | None):
+    import torch
+    from trl import DPOConfig
+
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"device={device!r} but no CUDA GPU is visible; use device=cpu")
+    if device not in (None, "cpu", "cuda"):
+        logger.warning("device=%s: the Trainer picks the GPU; use CUDA_VISIBLE_DEVICES to choose one", device)
+    cuda = device != "cpu" and torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=str(checkpoints),
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        truncation_mode="keep_start",  # prompts are already shortened; this only cuts over-long answers
+        precompute_ref_log_probs=cfg.precompute_ref,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        report_to="none",
+        push_to_hub=False,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        activation_checkpointing=cuda,  # saves GPU memory; on CPU it only costs time
+    )
+
+
+def _log_callback():
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        """Trainer logs go to python logging (the Trainer's own printer uses print)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                logger.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+    return LogCallback()
+
+
+# ---------------------------------------------------------------- training
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_run(out_dir: Path, run: dict[str, Any], resuming: bool) -> None:
+    """Refuse to resume checkpoints made from other pairs, another model or another adapter shape."""
+    path = out_dir / "run.json"
+    if resuming and path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in run if old.get(k) != run[k])
+        if diff:
+            raise TrainError(f"{out_dir}/checkpoints were made with different {diff}; pass resume=False "
+                             f"(--no-resume) to start over, or use another output folder")
+
+
+def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg: TrainConfig,
+              resume: bool = True, device: str | None = None) -> TrainResult:
+    """Train a LoRA adapter with DPO on `pairs_path`; the adapter lands in `out_dir/adapter`.
+
+    Checkpoints go to `out_dir/checkpoints` every `cfg.save_steps` steps; with `resume`, a rerun
+    continues from the last one (resume=False deletes them and starts over).
+    """
+    from accelerate import PartialState
+    from datasets import load_dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOTrainer
+
+    from .models import load_causal_lm
+
+    start = time.time()
+    pairs_path, out_dir = Path(pairs_path), Path(out_dir)
+    state = PartialState()
+    rows = load_pairs(pairs_path)  # every process validates, so a bad file fails everywhere
+    model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=_load_dtype(device))
+    checkpoints = out_dir / "checkpoints"
+    run = {"pairs_sha256": _sha256(pairs_path), "model": model_spec, "lora_r": cfg.lora_r,
+           "lora_targets": cfg.lora_targets, "train_tokens": cfg.train_tokens, "max_length": cfg.max_length}
+    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    _check_run(out_dir, run, resuming=last is not None)
+
+    prepared_path, n_cut = out_dir / "pairs.trl.jsonl", 0
+    with state.main_process_first():
+        if state.is_main_process:
+            if not resume and checkpoints.exists():
+                shutil.rmtree(checkpoints)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            prepared, n_cut = prepare_pairs(rows, tokenizer, cfg.max_length)
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prepared)
+            if not prepared_path.is_file() or prepared_path.read_text(encoding="utf-8") != text:
+                atomic_write_text(prepared_path, text)  # unchanged file: datasets' cache (and trl's) is reused
+            atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+        # a file-backed dataset gives trl stable cache files: precomputed reference log-probs are
+        # shared between processes and reused on resume
+        dataset = load_dataset("json", data_files=str(prepared_path), split="train",
+                               cache_dir=str(out_dir / "cache"))
+
+    args = _dpo_args(cfg, checkpoints, device)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(cfg, model, tokenizer))
+    _use_logging(trainer)
+    _expose_head_bias(trainer.model)
+    _check_tokenized(trainer.train_dataset, tokenizer)
+    if last:
+        logger.info("resuming DPO from %s", last)
+    output = trainer.train(resume_from_checkpoint=last)
+
+    adapter, tmp, old = out_dir / "adapter", out_dir / ".adapter.tmp", out_dir / ".adapter.old"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every process (collective under FSDP/DeepSpeed); only the main one writes
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder holds none
+        shutil.rmtree(old, ignore_errors=True)
+        if adapter.exists():
+            os.rename(adapter, old)
+        os.rename(tmp, adapter)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and math.isfinite(e["loss"])]
+    last_log = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
+    metrics = {k: float(v) for k, v in last_log.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+    metrics.update({k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))})
+    result = TrainResult(adapter=adapter, steps=trainer.state.global_step,
+                         final_loss=losses[-1] if losses else None,
+                         mean_loss=sum(losses) / len(losses) if losses else None,
+                         seconds=time.time() - start, metrics=metrics, resumed_from=last,
+                         pairs=len(rows), truncated_prompts=n_cut)
+    logger.info("DPO done: %d steps, final loss %s, adapter %s", result.steps, result.final_loss, adapter)
+    return result
+
+
+def _load_dtype(device: str | None):
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16  # LoRA weights stay fp32 (peft upcasts them); the frozen base halves its memory
+    return torch.float32
+
+
+def _use_logging(trainer) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_log_callback())
+
+
+def _expose_head_bias(model) -> None:
+    """trl's fused LM head reads `lm_head.bias`, which peft's TrainableTokensWrapper (trainable
+    reflection tokens) does not forward; give the wrapper its base layer's bias (None for these models)."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper) and "bias" not in head.__dict__:
+        object.__setattr__(head, "bias", getattr(head.original_module, "bias", None))
+
+
+def _check_tokenized(dataset, tokenizer) -> None:
+    """Guard what trl built: one BOS at most at the prompt start, each answer ends in exactly one EOS."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    for i, ex in enumerate(dataset):
+        if bos is not None and ex["prompt_ids"][:2] == [bos, bos]:
+            raise TrainError(f"pair {i}: the prompt starts with two BOS tokens; drop the BOS text from prompts")
+        for col in ("chosen_ids", "rejected_ids"):
+            ids = ex[col]
+            if eos is not None and (not ids or ids[-1] != eos or ids[-2:] == [eos, eos]):
+                raise TrainError(f"pair {i}: {col[:-4]} does not end in exactly one EOS "
+                                 f"({tokenizer.decode(ids[-3:])!r}); check the tokenizer's EOS settings")
