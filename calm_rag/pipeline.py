@@ -1,0 +1,410 @@
+"""The wiring: a resumable CALM run in one run folder, stage by stage.
+
+run/
+  manifest.json        config, versions, seeds, counts and timings per stage
+  questions.jsonl      the aligned questions (train and eval split marked by `split.json`)
+  generations.jsonl    sampled answers, appended per (question, language) unit; a restart skips done units
+  votes.jsonl, pairs.jsonl, pairs_counts.json
+  train/adapter/       the DPO LoRA adapter
+  eval/{base,calm}[-noretrieval].json, eval/report.md, eval/plot.png
+Every stage reads the previous stage's files, so each can be rerun alone (`calm-rag calm vote`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
+                             _check, _help, from_mapping)
+from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, read_jsonl,
+                              to_dict, write_jsonl)
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    files: dict[str, str] = _help("parallel QA files per language {lang: path}", None, )
+    eval_fraction: float = _help("share of questions held out for evaluation (by question, all languages)", 0.5)
+    split_seed: int = _help("seed of the train/eval split", 0)
+    max_train: int | None = _help("use at most N training questions", None)
+    max_eval: int | None = _help("use at most N evaluation questions", None)
+    drop_mismatched: bool = _help("drop questions whose gold/options disagree across languages", True)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
+        _check(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = _help("samples per question and language at evaluation (1 = greedy)", 1)
+    retrieval: tuple[str, ...] = _help("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
+    before_after: bool = _help("evaluate the base model and the trained adapter", True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retrieval", tuple(self.retrieval))
+        for mode in self.retrieval:
+            _check(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole CALM run: every stage's config plus where the data and index are."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    selfrag: SelfRagConfig = field(default_factory=SelfRagConfig)
+    calm: CalmConfig = field(default_factory=CalmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(files=demo_files()))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    index_recipe: str | None = None  # built on first use when selfrag.index is missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "generate": GenerateConfig, "selfrag": SelfRagConfig, "calm": CalmConfig,
+            "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
+
+
+def demo_files() -> dict[str, str]:
+    return {lang: str(REPO_ROOT / "corpora" / "demo_questions" / f"{lang}.json")
+            for lang in ("en", "zh", "fr", "de", "it", "ja")}
+
+
+def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
+    """A RunConfig from a YAML file (paths relative to the file) and section overrides."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    base = REPO_ROOT
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: run config not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        base = path.resolve().parent
+    unknown = set(raw) - set(SECTIONS) - {"index_recipe"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)} and index_recipe")
+    built: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        data = dict(raw.get(name) or {})
+        data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
+        if name == "data":
+            data.setdefault("files", demo_files())
+            data["files"] = {lang: str(_rel(base, p)) for lang, p in data["files"].items()}
+        if name == "selfrag" and data.get("index"):
+            data["index"] = str(_rel(base, data["index"]))
+        built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
+    return RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
+
+
+def _rel(base: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (base / q)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def load_aligned(cfg: RunConfig):
+    """The parallel questions of cfg.calm.languages, mismatches reported (and dropped if configured)."""
+    from calm_rag.qa import align_parallel, load_questions
+
+    missing = [lang for lang in cfg.calm.languages if lang not in cfg.data.files]
+    if missing:
+        raise ConfigError(f"data.files has no file for language(s) {missing}; add them or drop them from "
+                          f"calm.languages")
+    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset="q") for lang in cfg.calm.languages}
+    aligned = align_parallel(sets)
+    for m in aligned.mismatches:
+        log.warning("question alignment: %s", m.description)
+    if cfg.data.drop_mismatched:
+        aligned = aligned.drop()
+    return aligned
+
+
+def split_questions(cfg: RunConfig, aligned) -> tuple[list[int], list[int]]:
+    from calm_rag.qa import split_train_dev
+
+    train, dev = split_train_dev(len(aligned), cfg.data.eval_fraction, cfg.data.split_seed)
+    if cfg.data.max_train is not None:
+        train = train[:cfg.data.max_train]
+    if cfg.data.max_eval is not None:
+        dev = dev[:cfg.data.max_eval]
+    return train, dev
+
+
+def ensure_index(cfg: RunConfig) -> Path:
+    """The index folder; built from the recipe on first use (the demo index builds in a minute)."""
+    from calm_rag.index import build_from_recipe, load_recipe
+
+    if cfg.selfrag.index:
+        path = Path(cfg.selfrag.index)
+        if not path.is_dir():
+            raise ConfigError(f"selfrag.index={path} does not exist; build it with calm-rag index build")
+        return path
+    recipe = load_recipe(cfg.index_recipe or "demo")
+    out = Path(recipe.output)
+    if not (out / "manifest.json").is_file():
+        log.info("building index %s from recipe %s", out, cfg.index_recipe)
+        build_from_recipe(recipe)
+    return out
+
+
+def load_retriever(index_dir: str | Path, embedder: str | None = None):
+    """Load an index and the embedder its manifest names (or `embedder`), checked against each other."""
+    from calm_rag.embed import load_encoder
+    from calm_rag.index import load_index
+    from calm_rag.retrieve import Retriever
+
+    index = load_index(index_dir)
+    encoder = load_encoder(embedder or index.manifest["embedder"]["id"])
+    return Retriever(index, encoder)
+
+
+def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieval: str | None = None,
+                 gen_cfg: GenerateConfig | None = None, generator=None):
+    from calm_rag.generate import Generator
+    from calm_rag.rag import SelfRag
+
+    gen = generator or Generator.load(cfg.model.generator, adapter=adapter or cfg.model.adapter, device=cfg.model.device)
+    scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
+    return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate)
+
+
+def sample_units(rag, units: list[Question], out_path: Path, n: int,
+                 on_unit: Callable[[int], None] | None = None) -> list[Generation]:
+    """Answer every (question, language) unit n times, appending records; done units are skipped.
+
+    A unit's records are appended together at its end; a unit cut short by an interrupt leaves
+    fewer than n records, which are dropped on restart, so a resumed run equals an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    done: dict[tuple[str, str], list[dict]] = {}
+    if out_path.exists():
+        for rec in read_jsonl(out_path):
+            done.setdefault((rec["question_id"], rec["lang"]), []).append(rec)
+        complete = {k: v for k, v in done.items() if len(v) == n}
+        if len(complete) != len(done):
+            log.warning("%s: dropping %d incomplete unit(s) left by an interrupted run",
+                        out_path, len(done) - len(complete))
+            write_jsonl(out_path, [r for v in complete.values() for r in v])
+        done = complete
+    todo = [q for q in units if (q.id, q.lang) not in done]
+    log.info("sampling: %d unit(s) done, %d to go", len(units) - len(todo), len(todo))
+    with JsonlAppender(out_path) as app:
+        for i, q in enumerate(tqdm(todo, desc="sampling", unit="unit", disable=not todo)):
+            for g in rag.answer(q, n=n).generations():
+                app.append(g)
+            if on_unit:
+                on_unit(i)
+    return list(read_jsonl(out_path, Generation))
+
+
+# ---------------------------------------------------------------- stages
+
+
+class Run:
+    """One run folder. Each stage method is resumable and records counts and timing in the manifest."""
+
+    def __init__(self, folder: str | Path, cfg: RunConfig):
+        self.dir = Path(folder)
+        self.cfg = cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.dir / "manifest.json"
+        self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self._check_config()
+
+    def _check_config(self) -> None:
+        old = self.manifest.get("config")
+        new = json.loads(json.dumps(self.cfg.to_dict()))
+        for section in ("model", "generate", "selfrag", "calm", "data"):
+            if old and old.get(section) != new.get(section):
+                raise ConfigError(f"{self.manifest_path}: the run was started with other {section} settings "
+                                  f"({old.get(section)} vs {new.get(section)}); use a new run folder or the same config")
+        self.manifest["config"] = new
+        self.manifest.setdefault("versions", _versions())
+        self.manifest.setdefault("stages", {})
+        self._save()
+
+    def _save(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
+
+    def _record(self, stage: str, started: float, **counts: Any) -> None:
+        self.manifest["stages"][stage] = {"seconds": round(time.time() - started, 1), **counts}
+        self._save()
+
+    # -- questions
+
+    def questions(self) -> tuple[list[Question], list[Question]]:
+        """Train and eval question units (one per question and language), written once."""
+        path = self.dir / "questions.jsonl"
+        split_path = self.dir / "split.json"
+        if not path.exists():
+            aligned = load_aligned(self.cfg)
+            train, dev = split_questions(self.cfg, aligned)
+            qs = [q for i in train + dev for q in (aligned.by_lang[lang][i] for lang in self.cfg.calm.languages)]
+            write_jsonl(path, qs)
+            atomic_write_text(split_path, json.dumps({
+                "train": [aligned.ids[i] for i in train], "eval": [aligned.ids[i] for i in dev],
+                "mismatches": [m.description for m in aligned.mismatches]}, indent=1, ensure_ascii=False))
+        split = json.loads(split_path.read_text())
+        qs = list(read_jsonl(path, Question))
+        train_ids, eval_ids = set(split["train"]), set(split["eval"])
+        return [q for q in qs if q.id in train_ids], [q for q in qs if q.id in eval_ids]
+
+    def retriever(self):
+        if not hasattr(self, "_retriever"):
+            self._retriever = load_retriever(ensure_index(self.cfg), self.cfg.model.embedder)
+        return self._retriever
+
+    # -- stages
+
+    def sample(self, rag=None) -> list[Generation]:
+        started = time.time()
+        train, _ = self.questions()
+        rag = rag or make_selfrag(self.cfg, self.retriever())
+        gens = sample_units(rag, train, self.dir / "generations.jsonl", self.cfg.generate.n)
+        parsed = sum(g.letter is not None for g in gens)
+        self._record("sample", started, units=len(train), generations=len(gens), parsed=parsed,
+                     critique=rag.mode, seed=self.cfg.generate.seed)
+        return gens
+
+    def vote(self) -> dict[str, Vote]:
+        from calm_rag.vote import vote_all, vote_stats
+
+        started = time.time()
+        gens = list(read_jsonl(self.dir / "generations.jsonl", Generation))
+        weighting = "critique" if self.cfg.calm.vote == "weighted" else "count"
+        gens = _canonical_order(gens, self.cfg.calm.languages)
+        votes = vote_all(gens, langs=self.cfg.calm.languages, weighting=weighting)
+        write_jsonl(self.dir / "votes.jsonl", votes.values())
+        stats = vote_stats(votes)
+        self._record("vote", started, questions=len(votes), **_as_dict(stats))
+        return votes
+
+    def pairs(self, translate=None) -> dict[str, Any]:
+        from calm_rag.pairs import build_pairs, write_pairs
+
+        started = time.time()
+        gens = _canonical_order(list(read_jsonl(self.dir / "generations.jsonl", Generation)), self.cfg.calm.languages)
+        votes = {v.question_id: v for v in read_jsonl(self.dir / "votes.jsonl", Vote)}
+        pairs, report = build_pairs(gens, votes, langs=self.cfg.calm.languages, translate=translate)
+        write_pairs(self.dir / "pairs.jsonl", pairs)
+        counts = {lang: _as_dict(s) for lang, s in report.per_lang.items()}
+        atomic_write_text(self.dir / "pairs_counts.json", json.dumps(counts, indent=2) + "\n")
+        self._record("pairs", started, pairs=len(pairs), per_lang={k: v["pairs"] for k, v in counts.items()},
+                     no_winner=report.no_winner)
+        return counts
+
+    def train(self):
+        from calm_rag.train import train_dpo
+
+        started = time.time()
+        pairs_path = self.dir / "pairs.jsonl"
+        if not any(True for _ in read_jsonl(pairs_path)):
+            raise ConfigError(f"{pairs_path}: no preference pairs (every language agreed with the vote); "
+                              f"sample more questions or languages")
+        result = train_dpo(pairs_path, self.cfg.model.generator, self.dir / "train", self.cfg.train,
+                           device=self.cfg.model.device)
+        self._record("train", started, steps=result.steps, loss=result.loss, adapter=str(result.adapter_dir))
+        return result
+
+    def evaluate(self, which: Iterable[str] = ("base", "calm")) -> dict[str, Any]:
+        """Answer the eval questions with the base model and the adapter, per retrieval mode."""
+        from calm_rag.evaluate import evaluate_generations, markdown_table, plot_reports, save_report
+
+        started = time.time()
+        _, eval_qs = self.questions()
+        gold = {q.id: q.gold for q in eval_qs}
+        gen_cfg = dataclasses.replace(self.cfg.generate, n=self.cfg.eval.n,
+                                      temperature=0.0 if self.cfg.eval.n == 1 else self.cfg.generate.temperature)
+        reports = {}
+        adapter = str(self.dir / "train" / "adapter")
+        for model_name in which:
+            generator = None
+            for mode in self.cfg.eval.retrieval:
+                name = model_name + ("" if mode == "adaptive" else f"-{mode}")
+                out = self.dir / "eval" / f"{name}.generations.jsonl"
+                rag = make_selfrag(self.cfg, self.retriever(), adapter=adapter if model_name == "calm" else None,
+                                   retrieval=mode, gen_cfg=gen_cfg, generator=generator)
+                generator = rag.gen
+                gens = sample_units(rag, eval_qs, out, gen_cfg.n)
+                report = evaluate_generations(gens, gold, langs=list(self.cfg.calm.languages),
+                                              meta={"model": self.cfg.model.generator, "run": name, "retrieval": mode,
+                                                    "adapter": adapter if model_name == "calm" else None})
+                save_report(report, self.dir / "eval" / f"{name}.json")
+                reports[name] = report
+        table = markdown_table(reports)
+        atomic_write_text(self.dir / "eval" / "report.md", table + "\n")
+        plot_reports(reports, self.dir / "eval" / "plot.png")
+        self._record("eval", started, runs=list(reports))
+        return reports
+
+    def run_all(self) -> dict[str, Any]:
+        self.sample()
+        self.vote()
+        self.pairs()
+        self.train()
+        return self.evaluate()
+
+
+def _canonical_order(gens: list[Generation], langs: Iterable[str]) -> list[Generation]:
+    """Languages in config order, samples in order: ties in the vote break the same way every run."""
+    rank = {lang: i for i, lang in enumerate(langs)}
+    return sorted(gens, key=lambda g: (rank.get(g.lang, len(rank)), g.sample))
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("calm-rag", "torch", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def demo_config(quick: bool = False) -> RunConfig:
+    """The README's main job: demo index, a few demo questions in three languages, short DPO.
+
+    Sized to finish in minutes on a 2-core CPU with the packaged 0.5B generator; every number
+    can be raised in a run YAML (see scripts/runs/).
+    """
+    return load_run_config(None, **{
+        "calm": {"languages": ("en", "zh", "fr")},
+        "generate": {"n": 2, "max_new_tokens": 48, "temperature": 0.8},
+        "selfrag": {"top_k": 2, "retrieval": "always"},
+        "data": {"eval_fraction": 0.5, "max_train": 2 if quick else 6, "max_eval": 2 if quick else 6},
+        "train": {"max_steps": 2 if quick else 8, "batch_size": 1, "grad_accum": 2, "max_length": 768,
+                  "learning_rate": 5e-5, "save_steps": 4},
+        "eval": {"n": 1, "retrieval": ("always",)},
+    })
+
+
+def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
+    return Run(out, demo_config(quick)).run_all()

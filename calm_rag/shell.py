@@ -1,0 +1,856 @@
+"""The interactive QA shell: ask in any language, watch the answer stream, read its sources and critique.
+
+Two layers, so the shell is testable without a terminal:
+- `ShellSession` holds the state (generator, index, settings, the session's answers) and turns one
+  input line into something to print (`handle_line`); it reports progress through `on_event`
+  and stops generation when `cancel()` is called (a StoppingCriteria checks a threading.Event).
+- `run_shell` is the prompt_toolkit loop around it (history, line editing, multi-line input, tab
+  completion); it runs each question in a worker thread, streams the generations with rich Live
+  and turns Ctrl-C into `cancel()`.
+Printing happens only in this module.
+
+Streaming shows exactly what the model writes: Self-RAG answers once per retrieved passage in one
+batch, so every passage's generation streams side by side (transformers' TextIteratorStreamer
+refuses batches, hence the small batch-aware streamer below), and the answer shown after the
+critique is one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from calm_rag import selfrag
+from calm_rag.config import GenerateConfig, SelfRagConfig
+from calm_rag.languages import DEFAULT_LANGS, LANGUAGES, check_lang, detect_lang
+from calm_rag.records import Critique, Question, to_dict, write_jsonl
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 4000  # longer input (a runaway paste) is cut here, with a notice
+DEFAULT_RECIPE = "demo"
+INDEX_FIX = "build it with: calm-rag index build --recipe demo (or pass --index DIR)"
+TRANSLATE_PROMPT = ("Translate the following text from {src} into {dst}. Reply with the translation only, "
+                    "without quotes or notes.\n\n{text}")
+MODES = ("adaptive", "always", "never")
+
+COMMANDS: dict[str, str] = {
+    ":help": "this help",
+    ":k": ":k N  passages retrieved per question (now {k})",
+    ":index": ":index DIR  switch to another index folder",
+    ":lang": ":lang xx  answer as language xx (en zh fr de it ja); :lang auto  detect it (now {lang})",
+    ":sources": "the full text of the last answer's passages",
+    ":raw": "toggle the raw Self-RAG output with reflection tokens (now {raw})",
+    ":xl": "cross-lingual check: ask the last question in the other languages, vote, consistency",
+    ":retrieval": ":retrieval adaptive|always|never  when to retrieve (now {retrieval})",
+    ":tokens": ":tokens N  max new tokens per answer (now {tokens})",
+    ":save": ":save FILE  write this session's questions and answers as JSONL",
+    ":quit": "leave the shell (also Ctrl-D)",
+}
+ALIASES = {":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help"}
+
+KEYS_HELP = """\
+Type a question and press Enter. A multiple-choice question is a stem followed by option lines
+(A. ... / B. ...) or inline options "(A) ... (B) ...".
+  Alt-Enter or Esc Enter   new line inside the question (pasted text may hold newlines too)
+  Enter                    send
+  Tab                      complete a command
+  Up / Down, Ctrl-R        history (kept in {history})
+  Ctrl-C                   cancel a running answer; at the prompt, clear the line
+  Ctrl-D                   leave
+Input longer than {max_chars} characters is cut to its first {max_chars}."""
+
+
+class ShellStartError(ValueError):
+    """The shell cannot start (missing or broken index, unloadable model); the message says the fix."""
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the generation thread after `ShellSession.cancel()`."""
+
+
+# ---------------------------------------------------------------- transformers hooks (built lazily)
+
+_HOOK_CLASSES: dict[str, type] = {}
+
+
+def _hook_classes() -> dict[str, type]:
+    """StoppingCriteria and streamer classes, defined on first use so importing the shell stays light."""
+    if _HOOK_CLASSES:
+        return _HOOK_CLASSES
+    import torch
+    from transformers import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
+
+    class CancelCriteria(StoppingCriteria):
+        """Stops every sequence once the session's cancel event is set."""
+
+        def __init__(self, event: threading.Event):
+            self.event = event
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    class RowStreamer(BaseStreamer):
+        """Batch-aware streamer: the first put is the prompt batch [B, L], then one token per row per step."""
+
+        def __init__(self, session: ShellSession):
+            self.session = session
+            self.offset = session._row_offset
+            self.rows: list[list[int]] | None = None
+
+        def put(self, value):
+            if self.rows is None:
+                self.rows = [[] for _ in range(value.shape[0])]
+                return
+            for row, tok in zip(self.rows, value.reshape(-1).tolist()):
+                row.append(tok)
+            tok = self.session.gen.tokenizer
+            for r, row in enumerate(self.rows):
+                text = tok.decode(row, skip_special_tokens=False)
+                if tok.eos_token:
+                    text = text.split(tok.eos_token)[0]
+                if tok.pad_token:
+                    text = text.replace(tok.pad_token, "")
+                self.session._emit("token", (self.offset + r, text))
+
+        def end(self):
+            self.session._row_offset += len(self.rows or [])
+            self.session._emit("status", "critiquing")
+
+    _HOOK_CLASSES.update(CancelCriteria=CancelCriteria, RowStreamer=RowStreamer)
+    return _HOOK_CLASSES
+
+
+def _hook_model(model: Any, session: ShellSession) -> None:
+    """Route the model's generate through the session (streamer + cancel) and stop forward passes on cancel.
+
+    Installed once per model; the hooks look the current session up on the model, so a second
+    session over the same model takes them over.
+    """
+    model._calm_rag_shell = session
+    if getattr(model, "_calm_rag_shell_hooked", False):
+        return
+    from transformers import StoppingCriteriaList
+
+    classes = _hook_classes()
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        current: ShellSession = model._calm_rag_shell
+        criteria = StoppingCriteriaList(list(kwargs.pop("stopping_criteria", None) or []))
+        criteria.append(classes["CancelCriteria"](current._cancel))
+        if current._streaming and kwargs.get("streamer") is None:
+            kwargs["streamer"] = classes["RowStreamer"](current)
+        out = original(*args, stopping_criteria=criteria, **kwargs)
+        current.check_cancel()
+        return out
+
+    model.generate = generate
+    model.register_forward_pre_hook(lambda module, args: model._calm_rag_shell.check_cancel())
+    model._calm_rag_shell_hooked = True
+
+
+# ---------------------------------------------------------------- the session
+
+
+@dataclass
+class Turn:
+    """One answered question."""
+
+    question: Question
+    answer: Any  # calm_rag.rag.RagAnswer
+    lang_source: str  # "detected" or "set"
+    seconds: float
+    mode: str  # native or verbalised critique
+    raw_texts: list[str] = field(default_factory=list)  # what the model wrote, per passage
+
+
+def default_index() -> Path:
+    """indexes/demo/ under the working folder when it exists, else the demo recipe's output folder."""
+    local = Path("indexes") / DEFAULT_RECIPE
+    if local.is_dir():
+        return local
+    try:
+        from calm_rag.index import load_recipe
+
+        return load_recipe(DEFAULT_RECIPE).output
+    except ValueError:
+        return local
+
+
+def open_index(path: str | Path, device: str | None = None, encoders: dict[str, Any] | None = None):
+    """(LoadedIndex, Retriever) for an index folder, with the embedder its manifest names."""
+    from calm_rag.embed import EncoderError, load_encoder
+    from calm_rag.index import IndexLoadError, load_index
+    from calm_rag.models import ModelError
+    from calm_rag.retrieve import Retriever
+
+    path = Path(path).expanduser()
+    try:
+        index = load_index(path)
+        spec = str(index.manifest["embedder"]["id"])
+        encoders = {} if encoders is None else encoders
+        if spec not in encoders:
+            encoders[spec] = load_encoder(spec, device=device)
+        return index, Retriever(index, encoders[spec])
+    except IndexLoadError as exc:
+        raise ShellStartError(f"{exc}\n  fix: {INDEX_FIX}") from exc
+    except (EncoderError, ModelError, OSError) as exc:
+        raise ShellStartError(f"{path}: cannot load the index's embedder ({exc}); fetch it (calm-rag models fetch "
+                              f"NAME) or rebuild the index with an available embedder") from exc
+
+
+class ShellSession:
+    """The shell's state and its line handler; no terminal needed."""
+
+    def __init__(self, generator: Any, retriever: Any, index: Any, *, k: int = 3, retrieval: str = "adaptive",
+                 max_new_tokens: int = 128, langs: tuple[str, ...] = DEFAULT_LANGS, device: str | None = None,
+                 history_path: Path | None = None):
+        if retrieval not in MODES:
+            raise ValueError(f"retrieval={retrieval!r}; use one of {', '.join(MODES)}")
+        self.gen = generator
+        self.retriever = retriever
+        self.index = index  # calm_rag.index.LoadedIndex
+        self.k = k
+        self.retrieval = retrieval
+        self.max_new_tokens = max_new_tokens
+        self.langs = tuple(check_lang(x) for x in langs)
+        self.device = device
+        self.history_path = history_path
+        self.lang: str | None = None  # None: detect each question's language
+        self.raw = False
+        self.done = False
+        self.turns: list[Turn] = []
+        self.records: list[dict[str, Any]] = []
+        self.on_event: Callable[[str, Any], None] | None = None
+        self._cancel = threading.Event()
+        self._streaming = False
+        self._row_offset = 0
+        self._raw_rows: dict[int, str] = {}
+        self._encoders: dict[str, Any] = {}
+        self._rag_cache: tuple[tuple, Any] | None = None
+        self._count = 0
+        _hook_model(generator.model, self)
+
+    @classmethod
+    def load(cls, index: str | Path | None = None, model: str | None = None, adapter: str | None = None,
+             device: str | None = None, **kwargs: Any) -> ShellSession:
+        """Open the index (and its embedder) first, so a missing index fails before the generator loads."""
+        from calm_rag.generate import Generator
+        from calm_rag.models import DEFAULT_GENERATOR, ModelError
+
+        encoders: dict[str, Any] = {}
+        loaded, retriever = open_index(index or default_index(), device, encoders)
+        try:
+            generator = Generator.load(model or DEFAULT_GENERATOR, adapter=adapter, device=device)
+        except (ModelError, OSError, ValueError) as exc:
+            raise ShellStartError(f"cannot load the generator {model or DEFAULT_GENERATOR!r}: {exc}") from exc
+        session = cls(generator, retriever, loaded, device=device, **kwargs)
+        session._encoders = encoders
+        return session
+
+    # ------------------------------------------------------------ plumbing
+
+    def _emit(self, kind: str, payload: Any = None) -> None:
+        if kind == "token":
+            self._raw_rows[payload[0]] = payload[1]
+        if self.on_event is not None:
+            self.on_event(kind, payload)
+
+    def cancel(self) -> None:
+        """Stop the running generation (safe to call from another thread)."""
+        self._cancel.set()
+
+    def check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise GenerationCancelled()
+
+    def _rag(self):
+        from calm_rag.rag import SelfRag
+
+        key = (id(self.retriever), self.k, self.retrieval, self.max_new_tokens)
+        if self._rag_cache is None or self._rag_cache[0] != key:
+            cfg = SelfRagConfig(retrieval=self.retrieval, top_k=self.k)
+            gen_cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=self.max_new_tokens,
+                                     batch_size=max(16, self.k))
+            self._rag_cache = (key, SelfRag(self.gen, self.retriever, cfg, gen_cfg))
+        return self._rag_cache[1]
+
+    @property
+    def mode(self) -> str:
+        return self._rag().mode
+
+    def prompt_text(self) -> str:
+        return f"calm-rag [{self.lang or 'auto'} k={self.k}]> "
+
+    def banner(self) -> RenderableType:
+        man = self.index.manifest
+        langs = " ".join(f"{k}:{v}" for k, v in man.get("counts", {}).get("by_lang", {}).items())
+        text = Text.assemble(
+            ("calm-rag shell", "bold"), "  generator ", (self.gen.name, "cyan"), f" ({self.mode} critique)\n",
+            "index ", (str(self.index.path), "cyan"), f"  {self.index.ntotal} passages  embedder ",
+            (str(man["embedder"]["id"]), "cyan"), f"\npassages per language {langs}\n",
+            ("Type a question, :help for commands, Ctrl-D to leave.", "dim"))
+        return text
+
+    # ------------------------------------------------------------ lines
+
+    def is_generating(self, line: str) -> bool:
+        """Whether this line runs the generator (the terminal loop streams those)."""
+        text = line.strip()
+        return bool(text) and (not text.startswith(":") or text.split()[0].lower() == ":xl")
+
+    def handle_line(self, line: str) -> RenderableType | None:
+        """One input line -> what to print (None for nothing); a question is answered, a :command run."""
+        self._cancel.clear()
+        notice = None
+        if len(line) > MAX_INPUT_CHARS:
+            notice = Text(f"input of {len(line):,} characters cut to its first {MAX_INPUT_CHARS:,}", style="yellow")
+            line = line[:MAX_INPUT_CHARS]
+        text = line.strip()
+        if not text:
+            return notice
+        try:
+            out = self._command(text) if text.startswith(":") else self.ask(text)
+        except GenerationCancelled:
+            out = Text("cancelled; back to the prompt", style="yellow")
+        finally:
+            self._streaming = False
+        return Group(notice, out) if notice is not None and out is not None else (out or notice)
+
+    def _command(self, text: str) -> RenderableType | None:
+        name, _, arg = text.partition(" ")
+        name = ALIASES.get(name.lower(), name.lower())
+        handler = getattr(self, "cmd_" + name[1:], None) if name in COMMANDS else None
+        if handler is None:
+            return _error(f"unknown command {name}; commands: {' '.join(COMMANDS)} (:help explains them)")
+        return handler(arg.strip())
+
+    # ------------------------------------------------------------ commands
+
+    def cmd_help(self, arg: str) -> RenderableType:
+        table = Table.grid(padding=(0, 2))
+        values = dict(k=self.k, lang=self.lang or "auto", raw="on" if self.raw else "off",
+                      retrieval=self.retrieval, tokens=self.max_new_tokens)
+        for name, help_text in COMMANDS.items():
+            table.add_row(Text(name, style="bold cyan"), Text(help_text.format(**values)))
+        keys = KEYS_HELP.format(history=self.history_path or "memory only", max_chars=MAX_INPUT_CHARS)
+        return Group(table, Text(""), Text(keys, style="dim"))
+
+    def cmd_k(self, arg: str) -> RenderableType:
+        if not arg.isdigit() or not 1 <= int(arg) <= 20:
+            return _error(f":k takes a number of passages from 1 to 20, got {arg!r}")
+        self.k = int(arg)
+        return Text(f"k = {self.k} passages per question")
+
+    def cmd_tokens(self, arg: str) -> RenderableType:
+        if not arg.isdigit() or not 1 <= int(arg) <= 8192:
+            return _error(f":tokens takes a number from 1 to 8192, got {arg!r}")
+        self.max_new_tokens = int(arg)
+        return Text(f"at most {self.max_new_tokens} new tokens per answer")
+
+    def cmd_retrieval(self, arg: str) -> RenderableType:
+        if arg not in MODES:
+            return _error(f":retrieval takes one of {', '.join(MODES)}, got {arg!r}")
+        self.retrieval = arg
+        return Text(f"retrieval: {arg}")
+
+    def cmd_lang(self, arg: str) -> RenderableType:
+        if not arg:
+            last = self.turns[-1].question.lang if self.turns else "none yet"
+            return Text(f"language: {self.lang or 'auto (detected per question)'}; last question: {last}")
+        if arg.lower() == "auto":
+            self.lang = None
+            return Text("language: auto (detected per question)")
+        try:
+            self.lang = check_lang(arg, ":lang")
+        except ValueError as exc:
+            return _error(f"{exc}, or auto")
+        return Text(f"language: {self.lang} ({LANGUAGES[self.lang].name}) for the next questions")
+
+    def cmd_raw(self, arg: str) -> RenderableType:
+        self.raw = {"on": True, "off": False}.get(arg.lower(), not self.raw)
+        return Text(f"raw Self-RAG output: {'on' if self.raw else 'off'}")
+
+    def cmd_index(self, arg: str) -> RenderableType:
+        if not arg:
+            return Text(f"index: {self.index.path} ({self.index.ntotal} passages)")
+        try:
+            self.index, self.retriever = open_index(arg, self.device, self._encoders)
+        except ShellStartError as exc:
+            return _error(f"{exc}\n(still using {self.index.path})")
+        return Text(f"index: {self.index.path} ({self.index.ntotal} passages, embedder "
+                    f"{self.index.manifest['embedder']['id']})")
+
+    def cmd_sources(self, arg: str) -> RenderableType:
+        if not self.turns:
+            return _error("no answer yet; ask a question first")
+        hits = self.turns[-1].answer.hits
+        if not hits:
+            return Text("the last answer used no passages (retrieval was not triggered; try :retrieval always)")
+        panels = []
+        for i, hit in enumerate(hits, 1):
+            p = hit.passage
+            panels.append(Panel(Text(p.text), title=Text(f"[{i}] {p.title}"), title_align="left",
+                                subtitle=Text(f"{p.source} · {p.lang} · {p.id} · score {hit.score:.3f}"),
+                                subtitle_align="left"))
+        return Group(*panels)
+
+    def cmd_save(self, arg: str) -> RenderableType:
+        if not arg:
+            return _error(":save takes a file name, e.g. :save session.jsonl")
+        path = Path(arg).expanduser()
+        try:
+            n = write_jsonl(path, self.records)
+        except OSError as exc:
+            return _error(f"cannot write {path}: {exc.strerror or exc}")
+        return Text(f"saved {n} record(s) to {path}")
+
+    def cmd_quit(self, arg: str) -> None:
+        self.done = True
+        return None
+
+    def cmd_xl(self, arg: str) -> RenderableType:
+        if not self.turns:
+            return _error("no question yet; :xl asks the last question again in the other languages")
+        return self.cross_lingual(self.turns[-1])
+
+    # ------------------------------------------------------------ answering
+
+    def make_question(self, text: str) -> Question:
+        """A Question from typed text: options parsed when present, language detected unless set."""
+        from calm_rag.qa import OptionParseError, parse_question_text
+
+        try:
+            stem, options = parse_question_text(text)
+        except OptionParseError:
+            stem, options = text.strip(), {}
+        lang = self.lang or detect_lang("\n".join([stem, *options.values()]))
+        self._count += 1
+        return Question(id=f"shell-{self._count}", lang=lang, stem=stem, options=options, dataset="shell")
+
+    def ask(self, text: str) -> RenderableType:
+        question = self.make_question(text)
+        turn = self._answer(question, "set" if self.lang else "detected")
+        self.turns.append(turn)
+        self.records.append(self._record(turn))
+        return render_turn(turn, self.raw)
+
+    def _answer(self, question: Question, lang_source: str, label: str = "") -> Turn:
+        rag = self._rag()
+        started = time.time()
+        self._emit("status", f"{label}deciding whether to retrieve")
+        decision = rag.retrieval_decision([question])[0]
+        hits: list = []
+        if decision[0]:
+            self._emit("status", f"{label}retrieving")
+            hits = self.retriever.search([question_text(question)], k=self.k)[0]
+        labels = [f"{label}[{i}] {h.passage.title} ({h.passage.lang})" for i, h in enumerate(hits, 1)]
+        self._emit("rows", labels or [f"{label}(no passage)"])
+        self._emit("status", f"{label}generating")
+        self._row_offset, self._raw_rows, self._streaming = 0, {}, True
+        try:
+            answer = rag.answer(question, n=1, seed=0, hits=hits, decision=decision)
+        finally:
+            self._streaming = False
+        raw = [self._raw_rows.get(i, "") for i in range(len(answer.samples[0]))]
+        return Turn(question, answer, lang_source, time.time() - started, rag.mode, raw)
+
+    def _record(self, turn: Turn) -> dict[str, Any]:
+        a = turn.answer
+        best = a.best(0)
+        return {
+            "kind": "answer", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "question": to_dict(turn.question),
+            "lang_source": turn.lang_source, "letter": a.letters[0], "answer": best.answer, "output": best.text,
+            "retrieved": a.retrieved, "p_retrieve": a.p_retrieve, "critique": to_dict(best.critique),
+            "best_passage": best.hit.passage.id if best.hit else None,
+            "candidates": [{"passage": _passage_dict(c.hit), "letter": c.letter, "answer": c.answer,
+                            "output": c.text, "critique": to_dict(c.critique)} for c in a.samples[0]],
+            "generator": self.gen.name, "index": str(self.index.path), "critique_mode": turn.mode,
+            "seconds": round(turn.seconds, 2),
+        }
+
+    # ------------------------------------------------------------ cross-lingual check
+
+    def translate(self, question: Question, targets: list[str]) -> dict[str, Question]:
+        """The question (stem and each option) translated by the generator into each target language."""
+        fields = [question.stem, *question.options.values()]
+        src = LANGUAGES[question.lang].name
+        prompts = [self.gen.chat_prompt(TRANSLATE_PROMPT.format(src=src, dst=LANGUAGES[t].name, text=f))
+                   for t in targets for f in fields]
+        longest = max(len(self.gen.tokenizer.encode(f, add_special_tokens=False)) for f in fields)
+        cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=min(self.max_new_tokens, 2 * longest + 16),
+                             batch_size=16)
+        outs = [o[0] for o in self.gen.generate(prompts, cfg, n=1, seed=0)]
+        result = {}
+        for t_i, target in enumerate(targets):
+            chunk = outs[t_i * len(fields):(t_i + 1) * len(fields)]
+            stem = _clean_translation(chunk[0], one_line=False) or question.stem
+            options = {letter: _clean_translation(o, one_line=True) or original
+                       for (letter, original), o in zip(question.options.items(), chunk[1:])}
+            result[target] = Question(id=question.id, lang=target, stem=stem, options=options, dataset="shell")
+        return result
+
+    def cross_lingual(self, turn: Turn) -> RenderableType:
+        from calm_rag.vote import majority_vote, question_consistency
+
+        q = turn.question
+        targets = [x for x in self.langs if x != q.lang]
+        if not targets:
+            return _error(f"no other language configured besides {q.lang}")
+        self._emit("rows", [])
+        self._emit("status", f"translating into {', '.join(targets)}")
+        translated = self.translate(q, targets)
+        turns = {q.lang: turn}
+        for i, lang in enumerate(targets, 1):
+            turns[lang] = self._answer(translated[lang], "translated", label=f"{lang} ({i}/{len(targets)}) ")
+        gens = [g for t in turns.values() for g in t.answer.generations()]
+        vote = majority_vote(gens, q.id)
+        letters = [t.answer.letters[0] for t in turns.values()]
+        cons = question_consistency(letters)
+        self.records.append({
+            "kind": "xl", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "question_id": q.id,
+            "languages": list(turns), "vote": to_dict(vote), "consistency": cons,
+            "answers": {lang: self._record(t) for lang, t in turns.items()}})
+        return render_xl(q, turns, vote, cons)
+
+
+# ---------------------------------------------------------------- helpers and rendering
+
+
+def question_text(q: Question) -> str:
+    """What retrieval searches with: the stem and the options."""
+    return "\n".join([q.stem, *(f"{k}. {v}" for k, v in q.options.items())]).strip()
+
+
+def _passage_dict(hit: Any) -> dict[str, Any] | None:
+    if hit is None:
+        return None
+    p = hit.passage
+    return {"id": p.id, "title": p.title, "source": p.source, "lang": p.lang, "score": round(hit.score, 4)}
+
+
+def _clean_translation(text: str, one_line: bool) -> str:
+    text = selfrag.parse_output(text).answer.strip()
+    if one_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    return text.strip().strip("\"'“”«»「」").strip()
+
+
+def _error(message: str) -> Text:
+    return Text(message, style="red")
+
+
+def badges(retrieved: bool, p_retrieve: float | None, critique: Critique) -> Text:
+    """The critique as readable badges instead of reflection tokens."""
+    rel, sup, use = selfrag.critique_tokens(critique)
+    parts: list[tuple[str, str]] = []
+    p = "" if p_retrieve is None else f" p={p_retrieve:.2f}"
+    parts.append((f" retrieved{p} ", "black on green") if retrieved else (f" no retrieval{p} ", "black on grey70"))
+    if rel is not None:
+        ok = rel == selfrag.RELEVANT
+        parts.append((f" {'relevant' if ok else 'irrelevant'} {critique.rel:.2f} ",
+                      "black on green" if ok else "white on red"))
+    if sup is not None:
+        label, style = {selfrag.FULLY_SUPPORTED: ("fully supported", "black on green"),
+                        selfrag.PARTIALLY_SUPPORTED: ("partially supported", "black on yellow"),
+                        selfrag.NO_SUPPORT: ("not supported", "white on red")}[sup]
+        parts.append((f" {label} {critique.sup:.2f} ", style))
+    if use is not None:
+        k = selfrag.UTILITY_TOKENS.index(use) + 1
+        style = "black on green" if k >= 4 else "black on yellow" if k == 3 else "white on red"
+        parts.append((f" utility {k}/5 ", style))
+    parts.append((f" score {critique.score:.2f} ", "bold"))
+    out = Text()
+    for i, part in enumerate(parts):
+        if i:
+            out.append(" ")
+        out.append(*part)
+    return out
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
+    """Answer panel, critique badges, sources table (and raw outputs when asked)."""
+    q, a = turn.question, turn.answer
+    best = a.best(0)
+    letter = a.letters[0]
+    body = Text()
+    if q.options:
+        if letter:
+            body.append(f"{letter}. {q.options.get(letter, '?')}\n", style="bold green")
+        else:
+            body.append("no option letter found in the answer\n", style="bold yellow")
+    body.append(best.answer or "(empty answer)")
+    title = f"answer · {q.lang} ({turn.lang_source})" + (f" · option {letter}" if letter else "")
+    parts: list[RenderableType] = [
+        Panel(body, title=Text(title), title_align="left",
+              subtitle=Text(f"{turn.mode} critique · {turn.seconds:.1f}s"), subtitle_align="right"),
+        badges(a.retrieved, a.p_retrieve, best.critique),
+    ]
+    if a.hits:
+        table = Table(title="sources", title_justify="left", expand=False)
+        for col in ("", "#", "sim", "title", "source", "lang", "ans", "relevant", "support", "utility", "crit"):
+            table.add_column(col, justify="right" if col in ("#", "sim", "relevant", "support", "crit") else "left")
+        for i, cand in enumerate(a.samples[0]):
+            hit = cand.hit
+            if hit is None:
+                continue
+            c = cand.critique
+            use = selfrag.critique_tokens(c)[2]
+            table.add_row("★" if cand is best else "", str(i + 1), f"{hit.score:.3f}", Text(hit.passage.title),
+                          Text(hit.passage.source), hit.passage.lang, cand.letter or "-", _fmt(c.rel), _fmt(c.sup),
+                          "-" if use is None else f"{selfrag.UTILITY_TOKENS.index(use) + 1}/5", f"{c.score:.2f}")
+        parts.append(table)
+        parts.append(Text("sim: cosine similarity of question and passage; relevant/support/utility: the critique of "
+                          "the answer written from that passage; ★ the answer shown", style="dim"))
+    else:
+        parts.append(Text("sources: none (retrieval not triggered; :retrieval always forces it)", style="dim"))
+    if raw:
+        for i, cand in enumerate(a.samples[0]):
+            where = f"[{i + 1}] {cand.hit.passage.title}" if cand.hit else "(no passage)"
+            model_text = (turn.raw_texts[i] if i < len(turn.raw_texts) else "").strip()
+            parts.append(Panel(Group(Text(cand.text), Text("model wrote: ", style="dim") + Text(model_text)),
+                               title=Text(f"raw Self-RAG output {where}"), title_align="left", border_style="dim"))
+    return Group(*parts)
+
+
+def render_xl(q: Question, turns: dict[str, Turn], vote: Any, consistency: float | None) -> RenderableType:
+    table = Table(title=f"cross-lingual check of {q.id}", title_justify="left")
+    for col in ("lang", "question", "ans", "score", "answer"):
+        table.add_column(col)
+    for lang, t in turns.items():
+        best = t.answer.best(0)
+        table.add_row(lang, Text(_short(t.question.stem, 40)), t.answer.letters[0] or "-",
+                      f"{best.critique.score:.2f}", Text(_short(best.answer, 60)))
+    counts = ", ".join(f"{k}={v:g}" for k, v in vote.counts.items()) or "no letters"
+    winner = vote.winner or "none"
+    cons = "n/a" if consistency is None else f"{consistency:.2f}"
+    summary = Text.assemble(("vote: ", "bold"), (winner, "bold green"), f" ({counts}{', tie' if vote.tie else ''})   ",
+                            ("consistency: ", "bold"), cons, f" (agreeing language pairs / all, {len(turns)} languages)")
+    return Group(table, summary)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+# ---------------------------------------------------------------- the terminal loop
+
+
+class _LiveView:
+    """What rich Live shows while a question runs: a status line and each passage's generation so far."""
+
+    TAIL = 320
+
+    def __init__(self, raw: bool):
+        self.raw = raw
+        self.status = "starting"
+        self.labels: list[str] = []
+        self.texts: dict[int, str] = {}
+
+    def apply(self, kind: str, payload: Any) -> None:
+        if kind == "status":
+            self.status = payload
+        elif kind == "rows":
+            self.labels, self.texts = list(payload), {}
+        elif kind == "token":
+            self.texts[payload[0]] = payload[1]
+
+    def __rich__(self) -> RenderableType:
+        from rich.spinner import Spinner
+
+        parts: list[RenderableType] = [Spinner("dots", text=Text(f"{self.status}  (Ctrl-C cancels)", style="cyan"))]
+        for i, label in enumerate(list(self.labels)):
+            text = self.texts.get(i, "")
+            if not self.raw:
+                text = selfrag.parse_output(text).answer
+            text = " ".join(text.split())
+            parts.append(Text.assemble((label, "bold"), "\n", text[-self.TAIL:]))
+        return Group(*parts)
+
+
+def _run_generating(session: ShellSession, line: str, console: Console) -> RenderableType | None:
+    """handle_line in a worker thread, streaming its events; Ctrl-C cancels the generation."""
+    from rich.live import Live
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["out"] = session.handle_line(line)
+        except BaseException as exc:  # reported in the main thread
+            result["error"] = exc
+
+    view = _LiveView(session.raw)
+    session.on_event = lambda kind, payload: events.put((kind, payload))
+    worker = threading.Thread(target=work, name="calm-rag-answer", daemon=True)
+    worker.start()
+    cancelled = False
+    try:
+        with Live(view, console=console, transient=True, refresh_per_second=8):
+            while worker.is_alive() or not events.empty():
+                try:
+                    try:
+                        kind, payload = events.get(timeout=0.05)
+                        view.apply(kind, payload)
+                    except queue.Empty:
+                        pass
+                except KeyboardInterrupt:
+                    if not cancelled:
+                        session.cancel()
+                        cancelled = True
+                        view.status = "cancelling"
+    finally:
+        session.on_event = None
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("out")
+
+
+def _prompt_session(session: ShellSession, console: Console):
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.application import run_in_terminal
+    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.keys import Keys
+
+    class CommandCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            if not text.startswith(":"):
+                return
+            if " " not in text:
+                for name in COMMANDS:
+                    if name.startswith(text.lower()):
+                        yield Completion(name, start_position=-len(text), display_meta=COMMANDS[name].split("  ")[-1])
+                return
+            cmd, _, arg = text.partition(" ")
+            choices = {":lang": [*LANGUAGES, "auto"], ":raw": ["on", "off"], ":retrieval": list(MODES)}.get(cmd, [])
+            for choice in choices:
+                if choice.startswith(arg):
+                    yield Completion(choice, start_position=-len(arg))
+
+    kb = KeyBindings()
+
+    @kb.add("escape", "enter")
+    def _newline(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    @kb.add(Keys.BracketedPaste)
+    def _paste(event) -> None:
+        data = event.data.replace("\r\n", "\n").replace("\r", "\n")
+        if len(data) > MAX_INPUT_CHARS:
+            n = len(data)
+            data = data[:MAX_INPUT_CHARS]
+            run_in_terminal(lambda: console.print(Text(f"pasted {n:,} characters; kept the first "
+                                                       f"{MAX_INPUT_CHARS:,}", style="yellow")))
+        event.current_buffer.insert_text(data)
+
+    history: Any = InMemoryHistory()
+    if session.history_path is not None:
+        try:
+            session.history_path.parent.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(session.history_path))
+        except OSError as exc:
+            log.warning("history not kept: cannot create %s (%s)", session.history_path, exc)
+    return PromptSession(history=history, completer=CommandCompleter(), complete_while_typing=False,
+                         key_bindings=kb, multiline=False, prompt_continuation=lambda width, n, soft: "." * (width - 1) + " ")
+
+
+def _print(console: Console, out: RenderableType | None) -> None:
+    if out is not None:
+        console.print(out)
+
+
+def run_shell(index: str | Path | None = None, model: str | None = None, adapter: str | None = None, *,
+              device: str | None = None, k: int = 3, retrieval: str = "adaptive", max_new_tokens: int = 128) -> int:
+    """The `calm-rag shell` entry point; returns the exit status (0 normal, 2 cannot start, 130 interrupted)."""
+    from calm_rag.models import cache_home
+
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    _quiet_libraries()
+    try:
+        with console.status("loading the index, embedder and generator ..."):
+            session = ShellSession.load(index, model, adapter, device=device, k=k, retrieval=retrieval,
+                                        max_new_tokens=max_new_tokens, history_path=cache_home() / "shell_history")
+    except ShellStartError as exc:
+        errors.print(Text("calm-rag shell: error: ", style="bold red") + Text(str(exc)))
+        return 2
+    except KeyboardInterrupt:
+        errors.print("calm-rag shell: interrupted while loading")
+        return 130
+    console.print(session.banner())
+    if not sys.stdin.isatty():  # piped input: one question or command per line, no prompt
+        for line in sys.stdin:
+            _print(console, session.handle_line(line.rstrip("\n")))
+            if session.done:
+                break
+        return 0
+    prompt = _prompt_session(session, console)
+    while not session.done:
+        try:
+            line = prompt.prompt(session.prompt_text())
+        except KeyboardInterrupt:
+            continue  # Ctrl-C at the prompt clears the line
+        except EOFError:
+            break
+        if session.is_generating(line):
+            _print(console, _run_generating(session, line, console))
+        else:
+            _print(console, session.handle_line(line))
+    console.print(Text("bye", style="dim"))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """No weight-loading progress bars or generation-flag warnings between the shell's own output."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m calm_rag.shell`: the same options as `calm-rag shell`."""
+    p = argparse.ArgumentParser(prog="calm-rag shell", description="interactive question answering over an index")
+    p.add_argument("--index", help="index folder (default: indexes/demo)")
+    p.add_argument("--model", help="generator: packaged name, folder or hub id (default: the packaged one)")
+    p.add_argument("--adapter", help="LoRA adapter folder on top of the generator")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+    p.add_argument("--k", type=int, default=3, help="passages per question")
+    p.add_argument("--retrieval", choices=MODES, default="adaptive", help="when to retrieve")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per answer")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_shell(args.index, args.model, args.adapter, device=args.device, k=args.k, retrieval=args.retrieval,
+                     max_new_tokens=args.max_new_tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
