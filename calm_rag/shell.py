@@ -116,10 +116,11 @@ def _hook_classes() -> dict[str, type]:
             if self.rows is None:
                 self.rows = [[] for _ in range(value.shape[0])]
                 return
-            for row, tok in zip(self.rows, value.reshape(-1).tolist()):
-                row.append(tok)
             tok = self.session.gen.tokenizer
-            for r, row in enumerate(self.rows):
+            for r, (row, token) in enumerate(zip(self.rows, value.reshape(-1).tolist())):
+                row.append(token)
+                if token == tok.pad_token_id and len(row) > 1:
+                    continue  # a finished sequence, padded: nothing new to show
                 text = tok.decode(row, skip_special_tokens=False)
                 if tok.eos_token:
                     text = text.split(tok.eos_token)[0]
@@ -593,12 +594,19 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
     best = a.best(0)
     letter = a.letters[0]
     body = Text()
+    said = best.answer.strip()
     if q.options:
         if letter:
-            body.append(f"{letter}. {q.options.get(letter, '?')}\n", style="bold green")
+            chosen = f"{letter}. {q.options.get(letter, '?')}"
+            body.append(chosen, style="bold green")
+            if said.strip(" .:()") in (letter, chosen):  # the model wrote only the letter: nothing more to show
+                said = ""
         else:
-            body.append("no option letter found in the answer\n", style="bold yellow")
-    body.append(best.answer or "(empty answer)")
+            body.append("no option letter found in the answer", style="bold yellow")
+        if said:
+            body.append("\n")
+    if said or not q.options:
+        body.append(said or "(empty answer)")
     title = f"answer · {q.lang} ({turn.lang_source})" + (f" · option {letter}" if letter else "")
     parts: list[RenderableType] = [
         Panel(body, title=Text(title), title_align="left",
@@ -619,8 +627,8 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
                           Text(hit.passage.source), hit.passage.lang, cand.letter or "-", _fmt(c.rel), _fmt(c.sup),
                           "-" if use is None else f"{selfrag.UTILITY_TOKENS.index(use) + 1}/5", f"{c.score:.2f}")
         parts.append(table)
-        parts.append(Text("sim: cosine similarity of question and passage; relevant/support/utility: the critique of "
-                          "the answer written from that passage; ★ the answer shown", style="dim"))
+        parts.append(Text("★ answer shown · sim = cosine similarity · relevant/support/utility = critique of the answer "
+                          "from that passage", style="dim"))
     else:
         parts.append(Text("sources: none (retrieval not triggered; :retrieval always forces it)", style="dim"))
     if raw:
@@ -662,7 +670,10 @@ class _LiveView:
     TAIL = 320
 
     def __init__(self, raw: bool):
+        from rich.spinner import Spinner
+
         self.raw = raw
+        self.spinner = Spinner("dots")  # one instance, so it animates across refreshes
         self.status = "starting"
         self.labels: list[str] = []
         self.texts: dict[int, str] = {}
@@ -676,9 +687,8 @@ class _LiveView:
             self.texts[payload[0]] = payload[1]
 
     def __rich__(self) -> RenderableType:
-        from rich.spinner import Spinner
-
-        parts: list[RenderableType] = [Spinner("dots", text=Text(f"{self.status}  (Ctrl-C cancels)", style="cyan"))]
+        self.spinner.update(text=Text(f"{self.status}  (Ctrl-C cancels)", style="cyan"))
+        parts: list[RenderableType] = [self.spinner]
         for i, label in enumerate(list(self.labels)):
             text = self.texts.get(i, "")
             if not self.raw:
@@ -776,7 +786,7 @@ def _prompt_session(session: ShellSession, console: Console):
         except OSError as exc:
             log.warning("history not kept: cannot create %s (%s)", session.history_path, exc)
     return PromptSession(history=history, completer=CommandCompleter(), complete_while_typing=False,
-                         key_bindings=kb, multiline=False, prompt_continuation=lambda width, n, soft: "." * (width - 1) + " ")
+                         key_bindings=kb, multiline=False, prompt_continuation=lambda width, n, soft: "" if soft else "." * (width - 1) + " ")
 
 
 def _print(console: Console, out: RenderableType | None) -> None:
@@ -817,10 +827,16 @@ def run_shell(index: str | Path | None = None, model: str | None = None, adapter
             continue  # Ctrl-C at the prompt clears the line
         except EOFError:
             break
-        if session.is_generating(line):
-            _print(console, _run_generating(session, line, console))
-        else:
-            _print(console, session.handle_line(line))
+        try:
+            if session.is_generating(line):
+                _print(console, _run_generating(session, line, console))
+            else:
+                _print(console, session.handle_line(line))
+        except KeyboardInterrupt:
+            console.print(Text("interrupted", style="yellow"))
+        except Exception as exc:  # the REPL's top level: report, keep the session
+            log.debug("line %r failed", line[:80], exc_info=True)
+            console.print(Text(f"error: {type(exc).__name__}: {exc}", style="red"))
     console.print(Text("bye", style="dim"))
     return 0
 
@@ -843,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="generator: packaged name, folder or hub id (default: the packaged one)")
     p.add_argument("--adapter", help="LoRA adapter folder on top of the generator")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
-    p.add_argument("--k", type=int, default=3, help="passages per question")
+    p.add_argument("-k", "--k", type=int, default=3, help="passages per question")
     p.add_argument("--retrieval", choices=MODES, default="adaptive", help="when to retrieve")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per answer")
     args = p.parse_args(argv)

@@ -52,6 +52,14 @@ class TrainResult:
     pairs: int = 0
     truncated_prompts: int = 0
 
+    @property
+    def loss(self) -> float | None:  # the name pipeline.py reads
+        return self.final_loss
+
+    @property
+    def adapter_dir(self) -> Path:  # the name pipeline.py reads
+        return self.adapter
+
 
 # ---------------------------------------------------------------- pairs
 

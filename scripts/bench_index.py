@@ -179,8 +179,7 @@ def bench_xling(encoders, n_per_lang: int, n_distractors: int, out: list[str]) -
                 ranks = [[h.passage.doc_id[len("wordnet-"):] for h in row] for row in hits]
                 r1 = np.mean([key in row[:1] for row, (_, key) in zip(ranks, qs)])
                 r10 = np.mean([key in row for row, (_, key) in zip(ranks, qs)])
-                out.append(f"| {Path(encoder.model_id).name if os.sep in encoder.model_id else encoder.model_id} "
-                           f"| {lang} | {r1:.3f} | {r10:.3f} |")
+                out.append(f"| {encoder.model_id} | {lang} | {r1:.3f} | {r10:.3f} |")
     out.append("")
 
 
@@ -208,8 +207,8 @@ def bench_scale(encoder, fraction: float, factory: str, out: list[str]) -> None:
     out += [f"### Build time and memory: `all` recipe subset ({fraction:.1%} of every corpus)", "",
             f"{n_docs:,} documents -> {n_chunks:,} chunks, {factory}, {encoder.model_id} on {encoder.device}: "
             f"**{secs:.0f} s** ({n_chunks / secs:.1f} chunks/s; embedding {m['build']['embed_seconds']:.0f} s, "
-            f"FAISS {m['build']['index_seconds']:.1f} s). Peak RSS {peak_rss_mib():,.0f} MiB "
-            f"(before the build {rss0:,.0f} MiB).", "",
+            f"FAISS {m['build']['index_seconds']:.1f} s). Peak RSS of the bench process {peak_rss_mib():,.0f} MiB "
+            f"(before this build {rss0:,.0f} MiB; run `--parts scale` alone for the build's own peak).", "",
             f"Projected full `all` recipe ({total_docs:,} documents, ~{projected_chunks:,.0f} chunks at the "
             f"subset's chunks/document): **~{projected_s / 3600:.1f} h** on this machine.", ""]
 

@@ -12,7 +12,7 @@ import pytest
 from calm_rag.corpora import ChunkConfig
 from calm_rag.index import (FORMAT_VERSION, IndexBuildError, IndexConfig, IndexLoadError, build_index,
                             index_info, load_index, load_recipe, make_faiss_index)
-from calm_rag.records import Document, read_jsonl
+from calm_rag.records import Document
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = IndexConfig(chunk=ChunkConfig(max_tokens=48, overlap_tokens=8), batch_size=8, shard_size=16)

@@ -47,6 +47,7 @@ def test_dpo_smoke_loss_finite_and_lora_weights_move(trained):
 
     result, out = trained
     assert result.steps == 2 and result.pairs == 6 and result.resumed_from is None
+    assert result.adapter_dir == out / "adapter" and result.loss == result.final_loss
     assert result.final_loss is not None and math.isfinite(result.final_loss) and math.isfinite(result.mean_loss)
     tensors = load_file(str(result.adapter / "adapter_model.safetensors"))
     lora_b = {k: v for k, v in tensors.items() if "lora_B" in k}
