@@ -211,6 +211,17 @@ def cmd_calm(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- shell
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from calm_rag.shell import run_shell
+
+    logging.getLogger("calm_rag").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    return run_shell(args.index, args.model, args.adapter, device=args.device, k=args.k,
+                     retrieval=args.retrieval, max_new_tokens=args.max_new_tokens)
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -306,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-steps", type=int, help="DPO steps")
         s.set_defaults(func=cmd_calm)
 
+    s = sub.add_parser("shell", help="interactive question answering over an index: streams answers, shows sources")
+    s.add_argument("--index", help="index folder (default: indexes/demo; build it with: calm-rag index build --recipe demo)")
+    s.add_argument("--model", help=f"generator: packaged name, folder or hub id (default: {DEFAULT_GENERATOR})")
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN/train/adapter)")
+    s.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+    s.add_argument("-k", type=int, default=3, help="passages per question")
+    s.add_argument("--retrieval", choices=["adaptive", "always", "never"], default="adaptive")
+    s.add_argument("--max-new-tokens", type=int, default=128)
+    s.set_defaults(func=cmd_shell)
+
     d = sub.add_parser("demo", help="the main job on bundled defaults (demo corpus and questions)")
     d.add_argument("--out", default="runs/demo", help="run folder (resumes if it exists)")
     d.add_argument("--quick", action="store_true", help="fewer questions and steps")
@@ -316,8 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("calm_rag").setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
+    if args.verbose == 1:
+        logging.getLogger().setLevel(logging.INFO)
     from calm_rag.models import ModelError
 
     try:

@@ -15,72 +15,72 @@ class ConfigError(ValueError):
     """A config value or YAML key is wrong; the message names it and the fix."""
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     if default is dataclasses.MISSING:
         return field(metadata={"help": text}, **kw)
     return field(default=default, metadata={"help": text}, **kw)
 
 
-def _check(cond: bool, message: str) -> None:
+def require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    generator: str = _help("generator: packaged name, local folder or hub id", DEFAULT_GENERATOR)
-    adapter: str | None = _help("optional LoRA adapter folder to load on top of the generator", None)
-    embedder: str = _help("embedder: packaged name, local folder or hub id", DEFAULT_EMBEDDER)
-    device: str | None = _help("cpu, cuda or None for automatic", None)
+    generator: str = option("generator: packaged name, local folder or hub id", DEFAULT_GENERATOR)
+    adapter: str | None = option("optional LoRA adapter folder to load on top of the generator", None)
+    embedder: str = option("embedder: packaged name, local folder or hub id", DEFAULT_EMBEDDER)
+    device: str | None = option("cpu, cuda or None for automatic", None)
 
     def __post_init__(self) -> None:
-        _check(bool(self.generator), "model.generator is empty; name a model, e.g. qwen2.5-coder-0.5b-instruct")
-        _check(self.device in (None, "cpu", "cuda") or str(self.device).startswith("cuda:"),
+        require(bool(self.generator), "model.generator is empty; name a model, e.g. qwen2.5-coder-0.5b-instruct")
+        require(self.device in (None, "cpu", "cuda") or str(self.device).startswith("cuda:"),
                f"model.device={self.device!r}; use cpu, cuda, cuda:N or leave it unset")
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    n: int = _help("samples per prompt", 3)
-    temperature: float = _help("sampling temperature; 0 means greedy", 0.7)
-    top_p: float = _help("nucleus sampling mass", 0.95)
-    max_new_tokens: int = _help("tokens generated per answer", 96)
-    batch_size: int = _help("sequences per forward batch", 16)
-    seed: int = _help("random seed for sampling", 0)
+    n: int = option("samples per prompt", 3)
+    temperature: float = option("sampling temperature; 0 means greedy", 0.7)
+    top_p: float = option("nucleus sampling mass", 0.95)
+    max_new_tokens: int = option("tokens generated per answer", 96)
+    batch_size: int = option("sequences per forward batch", 16)
+    seed: int = option("random seed for sampling", 0)
 
     def __post_init__(self) -> None:
-        _check(self.n >= 1, f"generate.n={self.n}; use at least 1 sample")
-        _check(self.temperature >= 0, f"generate.temperature={self.temperature}; use a value >= 0")
-        _check(0 < self.top_p <= 1, f"generate.top_p={self.top_p}; use a value in (0, 1]")
-        _check(self.max_new_tokens >= 1, f"generate.max_new_tokens={self.max_new_tokens}; use >= 1")
-        _check(self.batch_size >= 1, f"generate.batch_size={self.batch_size}; use >= 1")
+        require(self.n >= 1, f"generate.n={self.n}; use at least 1 sample")
+        require(self.temperature >= 0, f"generate.temperature={self.temperature}; use a value >= 0")
+        require(0 < self.top_p <= 1, f"generate.top_p={self.top_p}; use a value in (0, 1]")
+        require(self.max_new_tokens >= 1, f"generate.max_new_tokens={self.max_new_tokens}; use >= 1")
+        require(self.batch_size >= 1, f"generate.batch_size={self.batch_size}; use >= 1")
 
 
 @dataclass(frozen=True)
 class SelfRagConfig:
-    retrieval: str = _help("adaptive, always or never", "adaptive")
-    threshold: float = _help("retrieve when p([Retrieval]) / (p([Retrieval]) + p([No Retrieval])) > threshold", 0.2)
-    top_k: int = _help("passages per question (one generation per passage)", 3)
-    critique: str = _help("auto (from the tokenizer), native or verbalised", "auto")
-    w_rel: float = _help("weight of relevance in the passage score", 1.0)
-    w_sup: float = _help("weight of support in the passage score", 1.0)
-    w_use: float = _help("weight of utility in the passage score", 0.5)
-    index: str | None = _help("index folder to retrieve from", None)
+    retrieval: str = option("adaptive, always or never", "adaptive")
+    threshold: float = option("retrieve when p([Retrieval]) / (p([Retrieval]) + p([No Retrieval])) > threshold", 0.2)
+    top_k: int = option("passages per question (one generation per passage)", 3)
+    critique: str = option("auto (from the tokenizer), native or verbalised", "auto")
+    w_rel: float = option("weight of relevance in the passage score", 1.0)
+    w_sup: float = option("weight of support in the passage score", 1.0)
+    w_use: float = option("weight of utility in the passage score", 0.5)
+    index: str | None = option("index folder to retrieve from", None)
 
     def __post_init__(self) -> None:
-        _check(self.retrieval in ("adaptive", "always", "never"),
+        require(self.retrieval in ("adaptive", "always", "never"),
                f"selfrag.retrieval={self.retrieval!r}; use adaptive, always or never")
-        _check(0 <= self.threshold <= 1, f"selfrag.threshold={self.threshold}; use a probability in [0, 1]")
-        _check(self.top_k >= 1, f"selfrag.top_k={self.top_k}; use at least 1")
-        _check(self.critique in ("auto", "native", "verbalised"),
+        require(0 <= self.threshold <= 1, f"selfrag.threshold={self.threshold}; use a probability in [0, 1]")
+        require(self.top_k >= 1, f"selfrag.top_k={self.top_k}; use at least 1")
+        require(self.critique in ("auto", "native", "verbalised"),
                f"selfrag.critique={self.critique!r}; use auto, native or verbalised")
 
 
 @dataclass(frozen=True)
 class CalmConfig:
-    languages: tuple[str, ...] = _help("languages sampled and voted across", DEFAULT_LANGS)
-    vote: str = _help("majority (the paper's) or weighted (critique scores as weights)", "majority")
-    max_questions: int | None = _help("use only the first N questions (None: all)", None)
+    languages: tuple[str, ...] = option("languages sampled and voted across", DEFAULT_LANGS)
+    vote: str = option("majority (the paper's) or weighted (critique scores as weights)", "majority")
+    max_questions: int | None = option("use only the first N questions (None: all)", None)
 
     def __post_init__(self) -> None:
         langs = tuple(self.languages)
@@ -88,48 +88,48 @@ class CalmConfig:
             object.__setattr__(self, "languages", tuple(check_lang(x, "calm.languages") for x in langs))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        _check(len(self.languages) >= 1, "calm.languages is empty; list at least one language")
-        _check(len(set(self.languages)) == len(self.languages), f"calm.languages repeats a language: {langs}")
-        _check(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
-        _check(self.max_questions is None or self.max_questions >= 1,
+        require(len(self.languages) >= 1, "calm.languages is empty; list at least one language")
+        require(len(set(self.languages)) == len(self.languages), f"calm.languages repeats a language: {langs}")
+        require(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
+        require(self.max_questions is None or self.max_questions >= 1,
                f"calm.max_questions={self.max_questions}; use a positive number or leave it unset")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    beta: float = _help("DPO beta", 0.1)
-    learning_rate: float = _help("AdamW learning rate", 5e-5)
-    epochs: float = _help("passes over the pairs", 1.0)
-    max_steps: int = _help("stop after N optimizer steps (-1: use epochs)", -1)
-    batch_size: int = _help("pairs per device step", 2)
-    grad_accum: int = _help("gradient accumulation steps", 1)
-    max_length: int = _help("max tokens of prompt + answer (passages live in the prompt)", 1024)
-    lora_r: int = _help("LoRA rank", 8)
-    lora_alpha: int = _help("LoRA alpha", 16)
-    lora_dropout: float = _help("LoRA dropout", 0.05)
-    precompute_ref: bool = _help("precompute reference log-probs once before training", False)
-    save_steps: int = _help("checkpoint every N steps (resume picks up the last one)", 50)
-    seed: int = _help("training seed", 0)
-    lora_targets: str = _help("LoRA target modules: all-linear, or a comma list such as q_proj,k_proj,v_proj,o_proj",
+    beta: float = option("DPO beta", 0.1)
+    learning_rate: float = option("AdamW learning rate", 5e-5)
+    epochs: float = option("passes over the pairs", 1.0)
+    max_steps: int = option("stop after N optimizer steps (-1: use epochs)", -1)
+    batch_size: int = option("pairs per device step", 2)
+    grad_accum: int = option("gradient accumulation steps", 1)
+    max_length: int = option("max tokens of prompt + answer (passages live in the prompt)", 1024)
+    lora_r: int = option("LoRA rank", 8)
+    lora_alpha: int = option("LoRA alpha", 16)
+    lora_dropout: float = option("LoRA dropout", 0.05)
+    precompute_ref: bool = option("precompute reference log-probs once before training", False)
+    save_steps: int = option("checkpoint every N steps (resume picks up the last one)", 50)
+    seed: int = option("training seed", 0)
+    lora_targets: str = option("LoRA target modules: all-linear, or a comma list such as q_proj,k_proj,v_proj,o_proj",
                               "all-linear")
-    train_tokens: str = _help("also train the embedding rows of the Self-RAG reflection tokens: auto (when the "
+    train_tokens: str = option("also train the embedding rows of the Self-RAG reflection tokens: auto (when the "
                               "tokenizer has them), reflection (require them) or none", "auto")
 
     def __post_init__(self) -> None:
         if isinstance(self.train_tokens, bool):  # YAML reads yes/no/on/off as booleans
             object.__setattr__(self, "train_tokens", "reflection" if self.train_tokens else "none")
-        _check(self.train_tokens in ("auto", "reflection", "none"),
+        require(self.train_tokens in ("auto", "reflection", "none"),
                f"train.train_tokens={self.train_tokens!r}; use auto, reflection or none")
-        _check(bool(str(self.lora_targets).strip()),
+        require(bool(str(self.lora_targets).strip()),
                "train.lora_targets is empty; use all-linear or a comma list such as q_proj,v_proj")
-        _check(self.save_steps >= 1, f"train.save_steps={self.save_steps}; use at least 1")
-        _check(0 <= self.lora_dropout < 1, f"train.lora_dropout={self.lora_dropout}; use a value in [0, 1)")
-        _check(self.beta > 0, f"train.beta={self.beta}; use a positive value such as 0.1")
-        _check(self.learning_rate > 0, f"train.learning_rate={self.learning_rate}; use a positive value")
-        _check(self.epochs > 0 or self.max_steps > 0, "train.epochs and train.max_steps are both <= 0; set one")
-        _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
-        _check(self.max_length >= 64, f"train.max_length={self.max_length}; use at least 64 tokens")
-        _check(self.lora_r >= 1, f"train.lora_r={self.lora_r}; use at least 1")
+        require(self.save_steps >= 1, f"train.save_steps={self.save_steps}; use at least 1")
+        require(0 <= self.lora_dropout < 1, f"train.lora_dropout={self.lora_dropout}; use a value in [0, 1)")
+        require(self.beta > 0, f"train.beta={self.beta}; use a positive value such as 0.1")
+        require(self.learning_rate > 0, f"train.learning_rate={self.learning_rate}; use a positive value")
+        require(self.epochs > 0 or self.max_steps > 0, "train.epochs and train.max_steps are both <= 0; set one")
+        require(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
+        require(self.max_length >= 64, f"train.max_length={self.max_length}; use at least 64 tokens")
+        require(self.lora_r >= 1, f"train.lora_r={self.lora_r}; use at least 1")
 
 
 C = TypeVar("C")
@@ -168,8 +168,8 @@ def override(cfg: C, **values: Any) -> C:
     return dataclasses.replace(cfg, **given) if given else cfg  # type: ignore[type-var]
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML run file into {section: config}; other top-level keys are returned as they are."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, or a ConfigError naming the file."""
     import yaml
 
     path = Path(path)
@@ -181,10 +181,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for name, section in raw.items():
+        if name in SECTIONS and section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{path}: section {name!r} must be a mapping")
+    return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run file into {section: config}; other top-level keys are returned as they are."""
+    raw = read_yaml(path)
     out: dict[str, Any] = dict(raw)
     for name, cls in SECTIONS.items():
-        section = raw.get(name)
-        if section is not None and not isinstance(section, dict):
-            raise ConfigError(f"{path}: section {name!r} must be a mapping")
-        out[name] = from_mapping(cls, section, f"{path} [{name}]")
+        out[name] = from_mapping(cls, raw.get(name), f"{path} [{name}]")
     return out

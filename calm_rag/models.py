@@ -275,7 +275,8 @@ def model_info(name_or_path: str) -> dict:
     """Folder, parameter count (from safetensors headers, no weights loaded), chat template presence."""
     folder = resolve_model(name_or_path, fetch=False)
     if isinstance(folder, str):
-        raise ModelError(f"{name_or_path!r} is a hub id; info works on packaged names and local folders")
+        raise ModelError(f"{name_or_path!r} is neither a packaged model ({', '.join(PACKAGED)}) nor a local "
+                         f"folder; info reads packaged names and folders")
     from safetensors import safe_open
 
     params = 0

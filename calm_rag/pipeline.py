@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
-                             _check, _help, from_mapping)
+                             require, option, from_mapping, read_yaml)
 from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, read_jsonl,
                               to_dict, write_jsonl)
 
@@ -34,28 +34,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class DataConfig:
-    files: dict[str, str] = _help("parallel QA files per language {lang: path}", None, )
-    eval_fraction: float = _help("share of questions held out for evaluation (by question, all languages)", 0.5)
-    split_seed: int = _help("seed of the train/eval split", 0)
-    max_train: int | None = _help("use at most N training questions", None)
-    max_eval: int | None = _help("use at most N evaluation questions", None)
-    drop_mismatched: bool = _help("drop questions whose gold/options disagree across languages", True)
+    files: dict[str, str] = option("parallel QA files per language {lang: path}", None, )
+    eval_fraction: float = option("share of questions held out for evaluation (by question, all languages)", 0.5)
+    split_seed: int = option("seed of the train/eval split", 0)
+    max_train: int | None = option("use at most N training questions", None)
+    max_eval: int | None = option("use at most N evaluation questions", None)
+    drop_mismatched: bool = option("drop questions whose gold/options disagree across languages", True)
 
     def __post_init__(self) -> None:
-        _check(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
-        _check(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
+        require(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
+        require(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n: int = _help("samples per question and language at evaluation (1 = greedy)", 1)
-    retrieval: tuple[str, ...] = _help("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
-    before_after: bool = _help("evaluate the base model and the trained adapter", True)
+    n: int = option("samples per question and language at evaluation (1 = greedy)", 1)
+    retrieval: tuple[str, ...] = option("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
+    before_after: bool = option("evaluate the base model and the trained adapter", True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retrieval", tuple(self.retrieval))
         for mode in self.retrieval:
-            _check(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
+            require(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,11 @@ def demo_files() -> dict[str, str]:
 
 def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
     """A RunConfig from a YAML file (paths relative to the file) and section overrides."""
-    import yaml
-
     raw: dict[str, Any] = {}
     base = REPO_ROOT
     if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: run config not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        base = path.resolve().parent
+        raw = read_yaml(path)
+        base = Path(path).resolve().parent
     unknown = set(raw) - set(SECTIONS) - {"index_recipe"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)} and index_recipe")
@@ -307,6 +299,11 @@ class Run:
         started = time.time()
         gens = _canonical_order(list(read_jsonl(self.dir / "generations.jsonl", Generation)), self.cfg.calm.languages)
         votes = {v.question_id: v for v in read_jsonl(self.dir / "votes.jsonl", Vote)}
+        if translate is None:
+            from calm_rag.generate import Generator
+            from calm_rag.rag import Translator
+
+            translate = Translator(lambda: Generator.load(self.cfg.model.generator, device=self.cfg.model.device))
         pairs, report = build_pairs(gens, votes, langs=self.cfg.calm.languages, translate=translate)
         write_pairs(self.dir / "pairs.jsonl", pairs)
         counts = {lang: _as_dict(s) for lang, s in report.per_lang.items()}
@@ -397,10 +394,10 @@ def demo_config(quick: bool = False) -> RunConfig:
     """
     return load_run_config(None, **{
         "calm": {"languages": ("en", "zh", "fr")},
-        "generate": {"n": 2, "max_new_tokens": 48, "temperature": 0.8},
+        "generate": {"n": 2, "max_new_tokens": 40, "temperature": 0.8},
         "selfrag": {"top_k": 2, "retrieval": "always"},
-        "data": {"eval_fraction": 0.5, "max_train": 2 if quick else 6, "max_eval": 2 if quick else 6},
-        "train": {"max_steps": 2 if quick else 8, "batch_size": 1, "grad_accum": 2, "max_length": 768,
+        "data": {"eval_fraction": 0.5, "max_train": 2 if quick else 4, "max_eval": 2 if quick else 4},
+        "train": {"max_steps": 2 if quick else 6, "batch_size": 1, "grad_accum": 2, "max_length": 768,
                   "learning_rate": 5e-5, "save_steps": 4},
         "eval": {"n": 1, "retrieval": ("always",)},
     })

@@ -260,3 +260,35 @@ def _question_text(q: Question) -> str:
 
 def _passage_text(p: Passage) -> str:
     return f"{p.title}\n{p.text}"
+
+
+TRANSLATE_PROMPT = (
+    "Translate the following answer from {src} into {tgt}. Keep option letters (A, B, C, ...) exactly as they are. "
+    "Reply with the translation only.\n\n{text}")
+
+
+class Translator:
+    """The generator's own translation of a winning answer, for languages where no sample agreed.
+
+    Only the answer text is translated; the reflection tokens around it are kept as they were.
+    The generator loads on first use, so runs that never need a translation never load it.
+    """
+
+    def __init__(self, load: Generator | callable, max_new_tokens: int = 128):
+        self._load = load
+        self._gen: Generator | None = load if isinstance(load, Generator) else None
+        self.cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+
+    def __call__(self, text: str, src: str, tgt: str) -> str:
+        from calm_rag.languages import text_for
+
+        if self._gen is None:
+            self._gen = self._load()
+        answer = selfrag.parse_output(text).answer
+        if not answer:
+            return text
+        prompt = self._gen.chat_prompt(TRANSLATE_PROMPT.format(src=text_for(src).name, tgt=text_for(tgt).name,
+                                                                text=answer))
+        translated = self._gen.generate([prompt], self.cfg)[0][0].strip()
+        translated = selfrag.parse_output(translated).answer or answer  # the model may not forge tokens
+        return text.replace(answer, translated, 1)

@@ -75,6 +75,9 @@ def question_instruction(question: Question, instruction: str | None = None) -> 
     `答案:`, ...), so the model sees the cue the extractor looks for first.
     """
     lt = text_for(question.lang)
+    if not question.options:  # an open question: no option-letter instruction, no answer cue
+        head = instruction if instruction is not None else question.instruction
+        return f"{head}\n\n{question.stem.strip()}" if head else question.stem.strip()
     head = instruction if instruction is not None else lt.instruction
     lines = [head, "", f"{lt.question_word} {question.stem.strip()}"]
     lines += [f"{letter}. {text.strip()}" for letter, text in question.options.items()]

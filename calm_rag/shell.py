@@ -627,8 +627,8 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
                           Text(hit.passage.source), hit.passage.lang, cand.letter or "-", _fmt(c.rel), _fmt(c.sup),
                           "-" if use is None else f"{selfrag.UTILITY_TOKENS.index(use) + 1}/5", f"{c.score:.2f}")
         parts.append(table)
-        parts.append(Text("★ answer shown · sim = cosine similarity · relevant/support/utility = critique of the answer "
-                          "from that passage", style="dim"))
+        parts.append(Text("★ answer shown · sim = cosine similarity · relevant/support/utility = critique of the "
+                          "answer from that passage", style="dim"))
     else:
         parts.append(Text("sources: none (retrieval not triggered; :retrieval always forces it)", style="dim"))
     if raw:
@@ -652,7 +652,8 @@ def render_xl(q: Question, turns: dict[str, Turn], vote: Any, consistency: float
     winner = vote.winner or "none"
     cons = "n/a" if consistency is None else f"{consistency:.2f}"
     summary = Text.assemble(("vote: ", "bold"), (winner, "bold green"), f" ({counts}{', tie' if vote.tie else ''})   ",
-                            ("consistency: ", "bold"), cons, f" (agreeing language pairs / all, {len(turns)} languages)")
+                            ("consistency: ", "bold"), cons,
+                            f" (agreeing language pairs / all, {len(turns)} languages)")
     return Group(table, summary)
 
 
@@ -785,8 +786,11 @@ def _prompt_session(session: ShellSession, console: Console):
             history = FileHistory(str(session.history_path))
         except OSError as exc:
             log.warning("history not kept: cannot create %s (%s)", session.history_path, exc)
+    def continuation(width: int, line_number: int, soft_wrap: bool) -> str:
+        return "" if soft_wrap else "." * (width - 1) + " "
+
     return PromptSession(history=history, completer=CommandCompleter(), complete_while_typing=False,
-                         key_bindings=kb, multiline=False, prompt_continuation=lambda width, n, soft: "" if soft else "." * (width - 1) + " ")
+                         key_bindings=kb, multiline=False, prompt_continuation=continuation)
 
 
 def _print(console: Console, out: RenderableType | None) -> None:

