@@ -10,7 +10,7 @@ class LanguageText:
     name: str  # English name, used in "Answer in {name}"
     instruction: str  # asks for an explanation and ONE option letter
     explanation_cue: str
-    answer_cue: str  # the cue that precedes the answer letter in our prompts
+    answer_cue: str  # the cue that precedes the answer letter (in instructions and the demo questions)
     answer_words: tuple[str, ...]  # every word a model may use before its answer
     question_word: str
 

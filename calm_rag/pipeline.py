@@ -394,7 +394,7 @@ def demo_config(quick: bool = False) -> RunConfig:
     """
     return load_run_config(None, **{
         "calm": {"languages": ("en", "zh", "fr")},
-        "generate": {"n": 2, "max_new_tokens": 40, "temperature": 0.8},
+        "generate": {"n": 2, "max_new_tokens": 64, "temperature": 0.8},
         "selfrag": {"top_k": 2, "retrieval": "always"},
         "data": {"eval_fraction": 0.5, "max_train": 2 if quick else 4, "max_eval": 2 if quick else 4},
         "train": {"max_steps": 2 if quick else 6, "batch_size": 1, "grad_accum": 2, "max_length": 768,

@@ -51,7 +51,7 @@ def test_question_instruction_uses_language_text():
     assert lines[0].startswith("Répondez")
     assert "Question : Où achète-t-on du pain ?" in lines
     assert lines[lines.index("A. cuisine") + 1] == "B. boulangerie"
-    assert lines[-1] == "Réponse :"
+    assert lines[-1] == "Explication :"  # the model explains first, then writes its answer cue
     assert S.question_instruction(q, instruction="Pick one.").startswith("Pick one.\n\n")
 
 
