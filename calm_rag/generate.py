@@ -62,17 +62,34 @@ class Generator:
         for chunk in _chunks(list(prompts), per_batch):
             enc = self._encode(chunk)
             sample = cfg.temperature > 0
-            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sample, num_return_sequences=n,
+            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sample,
                           pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
             if sample:
                 kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
             with torch.inference_mode():
-                ids = self.model.generate(**enc, **kwargs)  # type: ignore[attr-defined]
+                ids = self._generate_shared_prefix(enc, n, kwargs)
             new = ids[:, enc["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=False)  # type: ignore[attr-defined]
             texts = [self._strip_pad(t) for t in texts]
             out.extend(texts[i * n:(i + 1) * n] for i in range(len(chunk)))
         return out
+
+    def _generate_shared_prefix(self, enc: dict, n: int, kwargs: dict):
+        """n samples per prompt with the prompt computed once: prefill all but the last prompt token,
+        copy the KV cache n times, and let generate continue from it. On a CPU the prompt (passages
+        included) is most of the work, so this is where batching pays."""
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if n == 1 or ids.shape[1] < 2:
+            return self.model.generate(**enc, num_return_sequences=n, **kwargs)  # type: ignore[attr-defined]
+        cache = DynamicCache(config=self.model.config)  # type: ignore[attr-defined]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],  # type: ignore[attr-defined]
+                   cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)
+        return self.model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),  # type: ignore[attr-defined]
+                                   cache=cache, **kwargs)
 
     def _strip_pad(self, text: str) -> str:
         """Cut at the end-of-turn token and drop padding; other special tokens (reflection tokens) stay."""

@@ -35,3 +35,17 @@ def test_next_token_probs_are_probabilities(tiny_lm_dir):
         assert set(row) == {"Yes", "No"}
         assert all(0.0 < v < 1.0 for v in row.values())
     assert probs[0] == probs[1]
+
+
+def test_shared_prefix_equals_plain_generate(tiny_lm_dir):
+    """n samples reuse one prompt prefill (KV cache copied n times) without changing the output."""
+    g = _gen(tiny_lm_dir)
+    prompts = [g.chat_prompt("Where do you keep milk? A. fridge B. oven"), g.chat_prompt("答案")]
+    cfg = GenerateConfig(n=3, temperature=0.0, max_new_tokens=8, batch_size=6)
+    shared = [x for row in g.generate(prompts, cfg) for x in row]
+    enc = g._encode(prompts)
+    ids = g.model.generate(input_ids=enc["input_ids"].repeat_interleave(3, 0),
+                           attention_mask=enc["attention_mask"].repeat_interleave(3, 0), max_new_tokens=8,
+                           do_sample=False, pad_token_id=g.tokenizer.pad_token_id)
+    plain = [g._strip_pad(t) for t in g.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:])]
+    assert shared == plain
