@@ -182,12 +182,58 @@ def _run(args: argparse.Namespace):
         "data": {"max_train": args.max_train, "max_eval": args.max_eval},
         "train": {"max_steps": args.max_steps},
         "selfrag": {"index": args.index, "top_k": args.k},
+        "eval": {"retrieval": getattr(args, "retrieval", None)},
     }
     cfg = load_run_config(args.config, **overrides)
     return Run(args.run, cfg)
 
 
+def _add_eval_files_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", nargs="+", metavar="FILE",
+                   help="evaluate on these QA files (CALM .json, X-CSR or MedQA .jsonl) instead of a run folder's "
+                        "eval split; languages from the file names or rows, or --langs (one per file)")
+    s.add_argument("--adapter", help="with --data: LoRA adapter folder (e.g. RUN/train/adapter)")
+    s.add_argument("--retrieval", nargs="+", choices=["always", "never", "adaptive"],
+                   help="retrieval mode(s) to evaluate, one table row each, e.g. never always (zero-shot vs "
+                        "retrieval); default: the config's eval.retrieval")
+    s.add_argument("--split", help="with --data: keep only the dev questions of this split file (splits/*.json)")
+    s.add_argument("--max-questions", type=int, help="with --data: the first N questions")
+    s.add_argument("--out", help="with --data: folder for generations and reports (resumable; default "
+                                 "runs/eval/<model>-<settings hash>)")
+    s.add_argument("--json", action="store_true", help="print the reports as JSON")
+
+
+def cmd_calm_eval_files(args: argparse.Namespace) -> int:
+    """`calm eval --data FILES...`: any QA files, a model and an optional adapter, no run folder."""
+    import re
+    from pathlib import Path
+
+    from calm_rag.evaluate import markdown_table
+    from calm_rag.pipeline import evaluate_files, load_run_config
+
+    absolute = lambda p: p and str(Path(p).expanduser().resolve())  # noqa: E731  (flags are relative to the cwd)
+    cfg = load_run_config(args.config, model={"generator": args.model}, selfrag={"index": absolute(args.index),
+                          "top_k": args.k}, generate={"max_new_tokens": args.max_new_tokens},
+                          eval={"n": args.n, "retrieval": args.retrieval})
+    langs = [x for x in re.split(r"[,\s]+", args.langs or "") if x] or None
+    reports = evaluate_files(args.data, cfg, langs=langs, adapter=absolute(args.adapter),
+                             max_questions=args.max_questions, split=args.split, out=args.out)
+    if args.json:
+        _print_json({name: r.to_dict() for name, r in reports.items()})
+    else:
+        print(markdown_table(reports))
+        print(f"generations and reports: {next(iter(reports.values())).meta['out']}")
+    return 0
+
+
 def cmd_calm(args: argparse.Namespace) -> int:
+    if args.calm_command == "eval":
+        if args.data:
+            return cmd_calm_eval_files(args)
+        for flag in ("adapter", "split", "max_questions", "out"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --data FILE...; a run folder evaluates "
+                                 f"its own eval split and train/adapter")
     run = _run(args)
     stage = args.calm_command
     if stage == "sample":
@@ -203,8 +249,11 @@ def cmd_calm(args: argparse.Namespace) -> int:
         result = run.train()
         print(f"adapter: {result.adapter_dir}")
     elif stage == "eval":
-        run.evaluate()
-        print((run.dir / "eval" / "report.md").read_text())
+        reports = run.evaluate()
+        if args.json:
+            _print_json({name: r.to_dict() for name, r in reports.items()})
+        else:
+            print((run.dir / "eval" / "report.md").read_text())
     elif stage == "run":
         run.run_all()
         print((run.dir / "eval" / "report.md").read_text())
@@ -220,6 +269,27 @@ def cmd_shell(args: argparse.Namespace) -> int:
     logging.getLogger("calm_rag").setLevel(logging.INFO if args.verbose else logging.WARNING)
     return run_shell(args.index, args.model, args.adapter, device=args.device, k=args.k,
                      retrieval=args.retrieval, max_new_tokens=args.max_new_tokens)
+
+
+# ---------------------------------------------------------------- selfrag
+
+
+def cmd_selfrag_distill(args: argparse.Namespace) -> int:
+    from calm_rag.distill import Distillation, load_distill_config
+
+    cfg = load_distill_config(args.config, out=args.out, model=args.model, index=args.index, embedder=args.embedder,
+                              max_questions=args.max_questions, steps=args.steps, device=args.device)
+    stages = Distillation(cfg).run(args.stage, resume=not args.no_resume)
+    if "label" in stages:
+        label = stages["label"]
+        print(f"labelled: {label['examples']} examples from {label['questions']} questions "
+              f"({cfg.out}/labelled.jsonl); retrieval {label['retrieval']}, relevance {label['relevance']}")
+    if args.stage in ("train", "all"):
+        train = stages["train"]
+        print(f"SFT: {train['steps']} steps, final loss {train['final_loss']}, {train['examples']} examples "
+              f"({train['dropped']} dropped)")
+        print(f"model: {train['model']} (critique: native)")
+    return 0
 
 
 # ---------------------------------------------------------------- demo
@@ -315,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-train", type=int, help="training questions")
         s.add_argument("--max-eval", type=int, help="evaluation questions")
         s.add_argument("--max-steps", type=int, help="DPO steps")
+        if stage == "eval":
+            _add_eval_files_args(s)
         s.set_defaults(func=cmd_calm)
 
     s = sub.add_parser("shell", help="interactive question answering over an index: streams answers, shows sources")
@@ -326,6 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retrieval", choices=["adaptive", "always", "never"], default="adaptive")
     s.add_argument("--max-new-tokens", type=int, default=128)
     s.set_defaults(func=cmd_shell)
+
+    sr = sub.add_parser("selfrag", help="Self-RAG models: distil the verbalised critic into reflection tokens")
+    srsub = sr.add_subparsers(dest="selfrag_command", required=True)
+    s = srsub.add_parser("distill", help="label training questions with the verbalised critic, then SFT the model "
+                                         "to write the reflection tokens itself (resumable)")
+    s.add_argument("config", help="distillation YAML, e.g. configs/distill.yaml (paths relative to it)")
+    s.add_argument("--stage", choices=["label", "train", "all"], default="all")
+    s.add_argument("--out", help="output folder (default: the config's out)")
+    s.add_argument("--model", help="teacher and student base model")
+    s.add_argument("--index", help="index folder")
+    s.add_argument("--embedder", help="embedder of the index (default: from its manifest)")
+    s.add_argument("--max-questions", type=int, help="questions per language to label")
+    s.add_argument("--steps", type=int, help="SFT steps")
+    s.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+    s.add_argument("--no-resume", action="store_true", help="start SFT over instead of resuming its checkpoints")
+    s.set_defaults(func=cmd_selfrag_distill)
 
     d = sub.add_parser("demo", help="the main job on bundled defaults (demo corpus and questions)")
     d.add_argument("--out", default="runs/demo", help="run folder (resumes if it exists)")

@@ -45,7 +45,10 @@ class GenerateConfig:
     temperature: float = option("sampling temperature; 0 means greedy", 0.7)
     top_p: float = option("nucleus sampling mass", 0.95)
     max_new_tokens: int = option("tokens generated per answer", 96)
-    batch_size: int = option("sequences per forward batch", 16)
+    batch_size: int = option("sequences (prompts x samples) decoded together in one padded batch", 48)
+    units_per_batch: int = option("question-language units answered together; question-major order puts all "
+                                  "languages of a question in one batch when it is a multiple of the "
+                                  "language count", 6)
     seed: int = option("random seed for sampling", 0)
 
     def __post_init__(self) -> None:
@@ -54,6 +57,7 @@ class GenerateConfig:
         require(0 < self.top_p <= 1, f"generate.top_p={self.top_p}; use a value in (0, 1]")
         require(self.max_new_tokens >= 1, f"generate.max_new_tokens={self.max_new_tokens}; use >= 1")
         require(self.batch_size >= 1, f"generate.batch_size={self.batch_size}; use >= 1")
+        require(self.units_per_batch >= 1, f"generate.units_per_batch={self.units_per_batch}; use >= 1")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class SelfRagConfig:
     w_sup: float = option("weight of support in the passage score", 1.0)
     w_use: float = option("weight of utility in the passage score", 0.5)
     index: str | None = option("index folder to retrieve from", None)
+    complete_answer: bool = option("when an output names no option, append the answer cue and take the model's "
+                                   "most probable option letter (two-stage answer extraction)", True)
 
     def __post_init__(self) -> None:
         require(self.retrieval in ("adaptive", "always", "never"),

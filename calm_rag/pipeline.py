@@ -40,6 +40,9 @@ class DataConfig:
     max_train: int | None = option("use at most N training questions", None)
     max_eval: int | None = option("use at most N evaluation questions", None)
     drop_mismatched: bool = option("drop questions whose gold/options disagree across languages", True)
+    split: str | None = option("split file (splits/*.json, from scripts/make_splits.py): train questions come only "
+                               "from its train list, eval only from its dev list; None: a seeded split by "
+                               "eval_fraction", None)
 
     def __post_init__(self) -> None:
         require(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
@@ -101,6 +104,8 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
         if name == "data":
             data.setdefault("files", demo_files())
             data["files"] = {lang: str(_rel(base, p)) for lang, p in data["files"].items()}
+            if data.get("split"):
+                data["split"] = str(_rel(base, data["split"]))
         if name == "selfrag" and data.get("index"):
             data["index"] = str(_rel(base, data["index"]))
         built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
@@ -123,7 +128,9 @@ def load_aligned(cfg: RunConfig):
     if missing:
         raise ConfigError(f"data.files has no file for language(s) {missing}; add them or drop them from "
                           f"calm.languages")
-    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset="q") for lang in cfg.calm.languages}
+    # with a split file, ids are qa.py's own (`xcsqa-train-12`), the ones the split file lists
+    dataset = None if cfg.data.split else "q"
+    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset=dataset) for lang in cfg.calm.languages}
     aligned = align_parallel(sets)
     for m in aligned.mismatches:
         log.warning("question alignment: %s", m.description)
@@ -135,11 +142,66 @@ def load_aligned(cfg: RunConfig):
 def split_questions(cfg: RunConfig, aligned) -> tuple[list[int], list[int]]:
     from calm_rag.qa import split_train_dev
 
-    train, dev = split_train_dev(len(aligned), cfg.data.eval_fraction, cfg.data.split_seed)
+    if cfg.data.split:
+        train, dev = split_from_file(cfg.data.split, aligned)
+    else:
+        train, dev = split_train_dev(len(aligned), cfg.data.eval_fraction, cfg.data.split_seed)
     if cfg.data.max_train is not None:
         train = train[:cfg.data.max_train]
     if cfg.data.max_eval is not None:
         dev = dev[:cfg.data.max_eval]
+    return train, dev
+
+
+def read_split_file(path: str | Path) -> dict[str, Any]:
+    """A split file's train and dev id lists, checked: lists of strings, no id on both sides."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"data.split={path}: no such file; make it with scripts/make_splits.py") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); remake it with scripts/make_splits.py") from exc
+    for key in ("train", "dev"):
+        ids = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"{path}: {key!r} must be a list of question ids (strings), as scripts/make_splits.py "
+                              f"writes them")
+    both = sorted(set(doc["train"]) & set(doc["dev"]))
+    if both:
+        raise ConfigError(f"{path}: {len(both)} id(s) are in both train and dev (e.g. {both[:3]}); a question "
+                          f"belongs to one side")
+    return doc
+
+
+def split_from_file(path: str | Path, aligned, required: tuple[str, ...] = ("train", "dev")
+                    ) -> tuple[list[int], list[int]]:
+    """Positions in `aligned` of the split file's train and dev ids, in data order.
+
+    Every language must carry the same id for a question (qa.py ids `<set>-<part>-<index>` agree
+    when all files of a set sit in one folder), and every id of the `required` lists must be in
+    the data (ids of the other list that are absent are skipped).
+    """
+    doc = read_split_file(path)
+    ref = aligned.langs[0]
+    for lang, qs in aligned.by_lang.items():
+        for q, qid in zip(qs, aligned.ids):
+            if q.id != qid:
+                raise ConfigError(f"{path}: data.files[{lang}] gives question ids like {q.id!r} where {ref} gives "
+                                  f"{qid!r}; with a split file every language's file must come from the same "
+                                  f"folder <set>/<part>/<lang>.json, as the split's source {doc.get('source')}")
+    pos = {qid: i for i, qid in enumerate(aligned.ids)}
+    missing = [qid for side in required for qid in doc[side] if qid not in pos]
+    if missing:
+        raise ConfigError(f"{path}: {len(missing)} question id(s) of the split are missing from the data (e.g. "
+                          f"{missing[:3]}; the data has ids such as {aligned.ids[:2]}). Point data.files at the "
+                          f"files the split was made from ({doc.get('source')}), remake the split with "
+                          f"scripts/make_splits.py, or, if they were dropped as mismatched across languages "
+                          f"(see the warnings), set data.drop_mismatched: false")
+    train, dev = (sorted(pos[i] for i in doc[side] if i in pos) for side in ("train", "dev"))
+    unused = len(aligned) - len(train) - len(dev)
+    log.info("split %s: %d train, %d dev question(s)%s", path, len(train), len(dev),
+             f"; {unused} question(s) of the data are in neither list" if unused else "")
     return train, dev
 
 
@@ -185,29 +247,40 @@ def sample_units(rag, units: list[Question], out_path: Path, n: int,
                  on_unit: Callable[[int], None] | None = None) -> list[Generation]:
     """Answer every (question, language) unit n times, appending records; done units are skipped.
 
-    A unit's records are appended together at its end; a unit cut short by an interrupt leaves
-    fewer than n records, which are dropped on restart, so a resumed run equals an uninterrupted one.
+    Units are answered in groups of `generate.units_per_batch` consecutive units, cut from the full
+    unit list (not from what is left), so a group is the same batch with the same seed in every
+    run. A group's records are appended at its end; a group cut short by an interrupt leaves some
+    units incomplete, and all of that group's records are dropped on restart, so a resumed run
+    equals an uninterrupted one.
     """
     from tqdm.auto import tqdm
 
+    size = rag.gen_cfg.units_per_batch
+    groups = [units[i:i + size] for i in range(0, len(units), size)]
     done: dict[tuple[str, str], list[dict]] = {}
     if out_path.exists():
         for rec in read_jsonl(out_path):
             done.setdefault((rec["question_id"], rec["lang"]), []).append(rec)
-        complete = {k: v for k, v in done.items() if len(v) == n}
-        if len(complete) != len(done):
-            log.warning("%s: dropping %d incomplete unit(s) left by an interrupted run",
-                        out_path, len(done) - len(complete))
-            write_jsonl(out_path, [r for v in complete.values() for r in v])
-        done = complete
-    todo = [q for q in units if (q.id, q.lang) not in done]
-    log.info("sampling: %d unit(s) done, %d to go", len(units) - len(todo), len(todo))
-    with JsonlAppender(out_path) as app:
-        for i, q in enumerate(tqdm(todo, desc="sampling", unit="unit", disable=not todo)):
-            for g in rag.answer(q, n=n).generations():
-                app.append(g)
+        torn = {(q.id, q.lang) for g in groups if any(len(done.get((q.id, q.lang), [])) != n for q in g)
+                for q in g} & set(done)
+        if torn:  # records of units outside this unit list are left alone
+            log.warning("%s: dropping %d unit(s) of a batch left incomplete by an interrupted run", out_path, len(torn))
+            write_jsonl(out_path, [r for key, recs in done.items() if key not in torn for r in recs])
+        done = {k: v for k, v in done.items() if k not in torn}
+    todo = [g for g in groups if any((q.id, q.lang) not in done for q in g)]
+    left = sum(map(len, todo))
+    log.info("sampling: %d unit(s) done, %d to go in %d batch(es)", len(units) - left, left, len(todo))
+    with JsonlAppender(out_path) as app, tqdm(total=left, desc="sampling", unit="unit", disable=not todo) as bar:
+        finished = 0
+        for group in todo:
+            for answer in rag.answer_many(group, n=n):
+                for g in answer.generations():
+                    app.append(g)
+            bar.update(len(group))
             if on_unit:
-                on_unit(i)
+                for _ in group:
+                    on_unit(finished)
+                    finished += 1
     return list(read_jsonl(out_path, Generation))
 
 
@@ -405,3 +478,162 @@ def demo_config(quick: bool = False) -> RunConfig:
 
 def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     return Run(out, demo_config(quick)).run_all()
+
+
+# ---------------------------------------------------------------- evaluating any QA files
+
+
+def load_eval_questions(files: Iterable[str | Path], langs: Iterable[str] | None = None,
+                        max_questions: int | None = None, drop_mismatched: bool = True,
+                        split: str | Path | None = None):
+    """Questions of QA files in any supported format, aligned across languages.
+
+    A file's language comes from its name (`en.json`) or its rows (X-CSR `lang`); a file with
+    neither takes the language at its position in `langs` when there is one per file. `langs`
+    (default: every language found) selects and orders the languages. Files of one language are
+    concatenated, so USMLE and MCMLE can be evaluated together. Languages align by question id
+    when their ids overlap (files of one set share `<set>-<part>-<index>` ids), otherwise by
+    position, the first language's ids naming the questions. With a `split` file only its dev
+    questions are kept (all of them must be in the files).
+    """
+    from calm_rag.qa import QAFormatError, _lang_from_path, align_parallel, load_questions
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ConfigError("no QA files given; pass --data FILE... (CALM .json, X-CSR or MedQA .jsonl)")
+    langs = list(dict.fromkeys(langs)) if langs else None
+    by_lang: dict[str, list[Question]] = {}
+    for i, path in enumerate(files):
+        lang = _lang_from_path(path)
+        try:
+            qs = load_questions(path, lang=lang)
+        except QAFormatError as exc:
+            if lang is not None:
+                raise
+            if not (langs and len(langs) == len(files)):  # rows without a language, name without one
+                raise QAFormatError(f"{exc}; name the language in the file name (en.json) or give --langs with "
+                                    f"one language per file") from exc
+            qs = load_questions(path, lang=langs[i])
+        for q in qs:
+            by_lang.setdefault(q.lang, []).append(q)
+    found = list(by_lang)
+    if langs:
+        absent = [lang for lang in langs if lang not in by_lang]
+        if absent:
+            raise ConfigError(f"no questions in language(s) {absent} in {[str(f) for f in files]} (languages "
+                              f"found: {found}); fix --langs or add those files")
+        by_lang = {lang: by_lang[lang] for lang in langs}
+    ref = next(iter(by_lang))
+    ref_ids = {q.id for q in by_lang[ref]}
+    by = "id" if all(ref_ids & {q.id for q in qs} for qs in by_lang.values()) else "position"
+    if by == "position" and len(by_lang) > 1:
+        log.warning("the languages share no question ids; aligning them by position (item i is one question)")
+    aligned = align_parallel(by_lang, by=by)
+    for m in aligned.mismatches:
+        log.warning("question alignment: %s", m.description)
+    if drop_mismatched:
+        aligned = aligned.drop()
+    keep = list(range(len(aligned)))
+    if split is not None:
+        _, keep = split_from_file(split, aligned, required=("dev",))
+    if max_questions is not None:
+        keep = keep[:max_questions]
+    if len(keep) < len(aligned):
+        remap = {old: new for new, old in enumerate(keep)}
+        aligned = type(aligned)(aligned.langs, [aligned.ids[i] for i in keep],
+                                {lang: [qs[i] for i in keep] for lang, qs in aligned.by_lang.items()},
+                                [dataclasses.replace(m, index=remap[m.index]) for m in aligned.mismatches
+                                 if m.index in remap])
+    # one id per question in every language (position alignment leaves each language its own ids)
+    aligned.by_lang = {lang: [q if q.id == qid else dataclasses.replace(q, id=qid) for q, qid in zip(qs, aligned.ids)]
+                       for lang, qs in aligned.by_lang.items()}
+    if not aligned.ids:
+        raise ConfigError(f"no question is left to evaluate in {[str(f) for f in files]} after alignment "
+                          f"(see the warnings)")
+    return aligned
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *, langs: Iterable[str] | None = None,
+                   adapter: str | None = None, retrieval: Iterable[str] | None = None,
+                   max_questions: int | None = None, split: str | Path | None = None,
+                   out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a model (and optional adapter) on any QA files: the run evaluation's table, per mode.
+
+    Model, index, passages, generation and critique settings come from `cfg` (default: the
+    bundled ones); `retrieval` (default `cfg.eval.retrieval`) lists the modes to compare, e.g.
+    ("never", "always") for zero-shot vs retrieval; `split` keeps only a split file's dev
+    questions (see `load_eval_questions`). Generations go to `out`/<mode>.generations.jsonl
+    and are resumed: a rerun skips done units. `out` defaults to runs/eval/<model>-<hash of the
+    settings>, and a folder refuses other settings (settings.json), so results never mix.
+    Returns {row name: EvalReport}; rows are named like the run's ("base", "calm-never", ...).
+    """
+    import hashlib
+
+    from calm_rag.evaluate import evaluate_generations, gold_from_questions, markdown_table, save_report
+
+    cfg = cfg or load_run_config(None)
+    modes = tuple(dict.fromkeys(retrieval or cfg.eval.retrieval))
+    for mode in modes:
+        if mode not in ("always", "adaptive", "never"):
+            raise ConfigError(f"retrieval mode {mode!r}; use always, adaptive or never")
+    files = [Path(f).resolve() for f in files]
+    aligned = load_eval_questions(files, langs, max_questions, cfg.data.drop_mismatched, split)
+    units = [aligned.by_lang[lang][i] for i in range(len(aligned)) for lang in aligned.langs]
+    gold = gold_from_questions(units)
+    adapter = adapter or cfg.model.adapter
+    index = cfg.selfrag.index
+    if index is None and any(m != "never" for m in modes):
+        raise ConfigError(f"retrieval {list(modes)} needs an index: pass --index DIR (e.g. indexes/commonsense, "
+                          f"indexes/medical) or --retrieval never")
+    gen_cfg = dataclasses.replace(cfg.generate, n=cfg.eval.n,
+                                  temperature=0.0 if cfg.eval.n == 1 else cfg.generate.temperature)
+    settings = json.loads(json.dumps({
+        "files": {str(f): _file_sha256(f) for f in files}, "langs": aligned.langs,
+        "units": hashlib.sha256("\n".join(f"{q.id}\t{q.lang}" for q in units).encode()).hexdigest(),
+        "model": cfg.model.generator, "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "device": cfg.model.device, "index": str(Path(index).resolve()) if index else None,
+        "generate": dataclasses.asdict(gen_cfg),
+        "selfrag": {k: v for k, v in dataclasses.asdict(cfg.selfrag).items() if k not in ("retrieval", "index")},
+    }))
+    if out is None:
+        import re
+
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        out = Path("runs") / "eval" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(cfg.model.generator).name)}-{digest}"
+    out = Path(out)
+    settings_path = out / "settings.json"
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(f"{settings_path}: this folder holds an evaluation with other {', '.join(changed)}; "
+                              f"use another --out (or leave --out unset for a folder per setting)")
+    else:
+        atomic_write_text(settings_path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    retriever = load_retriever(index) if index and any(m != "never" for m in modes) else None
+    log.info("evaluating %d question(s) x %d language(s) in %s", len(aligned), len(aligned.langs), out)
+    reports: dict[str, Any] = {}
+    generator = None
+    for mode in modes:
+        name = ("calm" if adapter else "base") + ("" if mode == "adaptive" else f"-{mode}")
+        rag = make_selfrag(cfg, retriever if mode != "never" else None, adapter=adapter, retrieval=mode,
+                           gen_cfg=gen_cfg, generator=generator)
+        generator = rag.gen
+        gens = sample_units(rag, units, out / f"{mode}.generations.jsonl", gen_cfg.n)
+        report = evaluate_generations(gens, gold, langs=aligned.langs, meta={
+            "model": cfg.model.generator, "adapter": settings["adapter"], "retrieval": mode,
+            "index": settings["index"], "files": [str(f) for f in files], "critique": rag.mode, "out": str(out)})
+        save_report(report, out / f"{name}.json")
+        reports[name] = report
+    atomic_write_text(out / "report.md", markdown_table(reports))
+    return reports

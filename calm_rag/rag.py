@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from calm_rag import selfrag
 from calm_rag.config import GenerateConfig, SelfRagConfig
 from calm_rag.generate import Generator
+from calm_rag.languages import text_for
 from calm_rag.records import Critique, Generation, Hit, Passage, Question
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Candidate:
     critique: Critique
     prompt: str
     hit: Hit | None = None
+    completed: bool = False  # the letter came from the answer-cue step, not from the free text
 
 
 @dataclass
@@ -80,7 +82,7 @@ class RagAnswer:
             out.append(Generation(
                 question_id=self.question.id, lang=self.question.lang, sample=s, text=best.text,
                 letter=self.letters[s], critique=best.critique,
-                passage_ids=tuple(h.passage.id for h in self.hits), prompt=best.prompt))
+                passage_ids=tuple(h.passage.id for h in self.hits), prompt=best.prompt, completed=best.completed))
         return out
 
 
@@ -153,20 +155,53 @@ class SelfRag:
     def answer(self, question: Question, n: int | None = None, seed: int | None = None,
                hits: list[Hit] | None = None, decision: tuple[bool, float | None] | None = None) -> RagAnswer:
         """n samples; each sample answers once per retrieved passage and is scored per option."""
+        return self.answer_many([question], n, seed, None if hits is None else [hits],
+                                None if decision is None else [decision])[0]
+
+    def answer_many(self, questions: Sequence[Question], n: int | None = None, seed: int | None = None,
+                    hits: Sequence[list[Hit] | None] | None = None,
+                    decisions: Sequence[tuple[bool, float | None]] | None = None) -> list[RagAnswer]:
+        """Several questions (typically one question in every language) answered together: all their
+        passages x samples decode in shared padded batches, which is where a CPU gains throughput.
+
+        The seed defaults to one derived from the questions' ids and languages, so a group answers
+        the same whether it runs alone, after others, or after a restart.
+        """
+        questions = list(questions)
         n = self.gen_cfg.n if n is None else n
-        retrieve, p_ret = decision or self.retrieval_decision([question])[0]
-        if retrieve and hits is None:
-            hits = self.retriever.search([_question_text(question)], k=self.cfg.top_k)[0]
-        hits = list(hits or []) if retrieve else []
-        instruction = selfrag.question_instruction(question)
-        slots: list[Hit | None] = list(hits) if hits else [None]
-        prompts = [self.prompt(instruction, h) for h in slots]
-        seed = unit_seed(self.gen_cfg.seed, question.id, question.lang) if seed is None else seed
+        decisions = list(decisions) if decisions is not None else self.retrieval_decision(questions)
+        found = list(hits) if hits is not None else [None] * len(questions)
+        need = [i for i, (retrieve, _) in enumerate(decisions) if retrieve and found[i] is None]
+        if need:
+            searched = self.retriever.search([_question_text(questions[i]) for i in need], k=self.cfg.top_k)
+            for i, h in zip(need, searched):
+                found[i] = h
+        slots = [list(found[i] or []) if decisions[i][0] else [] for i in range(len(questions))]
+        slots = [s or [None] for s in slots]
+        prompts = [[self.prompt(selfrag.question_instruction(q), h) for h in s] for q, s in zip(questions, slots)]
+        flat = [p for ps in prompts for p in ps]
+        if seed is None:
+            seed = unit_seed(self.gen_cfg.seed, *(f"{q.id}\x1f{q.lang}" for q in questions))
         if self.native:
-            texts, tables = self._native_generate(prompts, n, seed)
+            groups = [selfrag.RELEVANCE_TOKENS, selfrag.SUPPORT_TOKENS, selfrag.UTILITY_TOKENS]
+            texts, tables = self.gen.generate_scored(flat, self.gen_cfg, groups, n=n, seed=seed)
         else:
-            texts = self.gen.generate(prompts, self.gen_cfg, n=n, seed=seed)
-            tables = self._verbalised_tables(question, slots, texts)
+            texts = self.gen.generate(flat, self.gen_cfg, n=n, seed=seed)
+        per_question, start = [], 0
+        for q, s, ps in zip(questions, slots, prompts):
+            q_texts = texts[start:start + len(ps)]
+            q_tables = tables[start:start + len(ps)] if self.native else self._verbalised_tables(q, s, q_texts)
+            start += len(ps)
+            per_question.append(self._candidates(q, s, ps, q_texts, q_tables, decisions[len(per_question)][1], n))
+        if self.cfg.complete_answer:
+            self._complete_letters([(q, c) for q, samples in zip(questions, per_question)
+                                    for cands in samples for c in cands if c.letter is None and q.options])
+        return [_vote(q, samples, [h for h in s if h is not None], p_ret)
+                for q, samples, s, (_, p_ret) in zip(questions, per_question, slots, decisions)]
+
+    def _candidates(self, question: Question, slots: list[Hit | None], prompts: list[str], texts: list[list[str]],
+                    tables: list[list[dict[str, float]]], p_ret: float | None, n: int) -> list[list[Candidate]]:
+        """Score each (passage, sample) output and extract its letter; [sample][passage]."""
         samples: list[list[Candidate]] = [[] for _ in range(n)]
         for i, hit in enumerate(slots):
             for s in range(n):
@@ -176,16 +211,24 @@ class SelfRag:
                 crit = selfrag.score_critique(probs, self.weights)
                 parsed = selfrag.parse_output(texts[i][s])
                 letter = selfrag.extract_choice(parsed.answer, question.lang, question.options) if question.options else None
-                rendered = selfrag.render_output(parsed.answer, crit, hit.passage if hit else None,
-                                                 retrieved=hit is not None, include_passage=False)
-                samples[s].append(Candidate(rendered, parsed.answer, letter, crit, prompts[i], hit))
-        letters = [selfrag.best_option(selfrag.aggregate_by_option((c.letter, _positive(c.critique.score))
-                                                                   for c in cands)) for cands in samples]
-        # A tie between options keeps the best-scoring candidate's letter rather than dropping it.
-        for s, cands in enumerate(samples):
-            if letters[s] is None and any(c.letter for c in cands):
-                letters[s] = max((c for c in cands if c.letter), key=lambda c: c.critique.score).letter
-        return RagAnswer(question, bool(hits), p_ret, hits, samples, letters)
+                samples[s].append(Candidate(_render(parsed.answer, crit, hit), parsed.answer, letter, crit, prompts[i], hit))
+        return samples
+
+    def _complete_letters(self, pending: list[tuple[Question, Candidate]]) -> None:
+        """Outputs that name no option (often cut off mid-explanation) get one more step, as in two-stage
+        chain-of-thought evaluation: the language's answer cue is appended and the option letter the
+        model finds most probable next is taken. The cue and letter are appended to the text, so the
+        record shows what was voted on; `completed` marks it. The extractor itself never guesses."""
+        if not pending:
+            return
+        letters = sorted({letter for q, _ in pending for letter in q.options})
+        prompts = [c.prompt + c.answer.rstrip() + "\n" + text_for(q.lang).answer_cue for q, c in pending]
+        tables = self.gen.next_token_probs(prompts, [v for letter in letters for v in (letter, " " + letter)])
+        for (q, c), table in zip(pending, tables):
+            letter = max(q.options, key=lambda k: table.get(k, 0.0) + table.get(" " + k, 0.0))
+            c.answer = f"{c.answer.rstrip()}\n{text_for(q.lang).answer_cue} {letter}".strip()
+            c.letter, c.completed = letter, True
+            c.text = _render(c.answer, c.critique, c.hit)
 
     # ------------------------------------------------------------ critique
 
@@ -216,36 +259,21 @@ class SelfRag:
             tables[i][s] = table
         return tables
 
-    def _native_generate(self, prompts: list[str], n: int, seed: int):
-        """Generate with raw logits and read each reflection group's probabilities at its step."""
-        import torch
 
-        tok = self.gen.tokenizer
-        groups = [selfrag.RELEVANCE_TOKENS, selfrag.SUPPORT_TOKENS, selfrag.UTILITY_TOKENS]
-        ids = {t: tok.convert_tokens_to_ids(t) for g in groups for t in g}
-        enc = self.gen._encode(prompts)
-        cfg = self.gen_cfg
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, num_return_sequences=n, do_sample=cfg.temperature > 0,
-                      output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
-        if cfg.temperature > 0:
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.gen.model.generate(**enc, **kwargs)
-        new = out.sequences[:, enc["input_ids"].shape[1]:]
-        probs = torch.softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # [seq, step, vocab]
-        texts = [self.gen._strip_pad(t) for t in tok.batch_decode(new, skip_special_tokens=False)]
-        tables = []
-        for row in range(new.shape[0]):
-            table: dict[str, float] = {}
-            for group in groups:
-                gids = [ids[t] for t in group]
-                steps = [j for j, t in enumerate(new[row].tolist()) if t in gids]
-                if steps:
-                    table.update({t: float(probs[row, steps[0], ids[t]]) for t in group})
-            tables.append(table)
-        return ([texts[i * n:(i + 1) * n] for i in range(len(prompts))],
-                [tables[i * n:(i + 1) * n] for i in range(len(prompts))])
+def _render(answer: str, crit: Critique, hit: Hit | None) -> str:
+    return selfrag.render_output(answer, crit, hit.passage if hit else None, retrieved=hit is not None,
+                                 include_passage=False)
+
+
+def _vote(question: Question, samples: list[list[Candidate]], hits: list[Hit], p_ret: float | None) -> RagAnswer:
+    """Per sample, the score-weighted vote over its passages' letters."""
+    letters = [selfrag.best_option(selfrag.aggregate_by_option((c.letter, _positive(c.critique.score))
+                                                               for c in cands)) for cands in samples]
+    # A tie between options keeps the best-scoring candidate's letter rather than dropping it.
+    for s, cands in enumerate(samples):
+        if letters[s] is None and any(c.letter for c in cands):
+            letters[s] = max((c for c in cands if c.letter), key=lambda c: c.critique.score).letter
+    return RagAnswer(question, bool(hits), p_ret, hits, samples, letters)
 
 
 def _positive(score: float) -> float:
@@ -280,8 +308,6 @@ class Translator:
         self.cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
 
     def __call__(self, text: str, src: str, tgt: str) -> str:
-        from calm_rag.languages import text_for
-
         if self._gen is None:
             self._gen = self._load()
         answer = selfrag.parse_output(text).answer

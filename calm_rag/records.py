@@ -83,6 +83,7 @@ class Generation:
     critique: Critique = field(default_factory=Critique)
     passage_ids: tuple[str, ...] = ()
     prompt: str = ""
+    completed: bool = False  # the letter came from the answer-cue step (rag.SelfRag._complete_letters)
 
 
 @dataclass(frozen=True)

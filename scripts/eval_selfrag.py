@@ -1,10 +1,14 @@
 """Parse rate and accuracy of the Self-RAG generator on real questions, with and without retrieval.
 
 Reads X-CSQA and MedQA-USMLE training questions from ../shared/data (skips cleanly when absent),
-answers the first N of each in each language greedily (n=1), and prints a markdown table.
-Generations are appended to --out, so an interrupted run resumes.
+answers the first N of each in each language greedily (n=1) and prints a markdown table.
+"parsed" is the share of outputs whose free text names exactly one option (the extractor never
+guesses); "completed" is the share that needed the answer-cue step (`selfrag.complete_answer`:
+the cue is appended and the most probable option letter taken). Accuracy counts every answer.
+Generations are appended under --out, so an interrupted run resumes.
 
-    python scripts/eval_selfrag.py --questions 50 --langs en,zh,fr --index indexes/demo --out runs/eval_selfrag
+    python scripts/eval_selfrag.py --questions 50 --langs en,zh,fr --modes never,always \\
+        --xcsqa-index indexes/commonsense --medqa-index indexes/medical-lite --out runs/eval_selfrag
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ SETS = {"xcsqa": "xcsqa/train/{lang}.json", "medqa": "medqa/usmle/{lang}.json"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--index", default=str(REPO / "indexes" / "demo"))
+    ap.add_argument("--xcsqa-index", default=str(REPO / "indexes" / "commonsense"))
+    ap.add_argument("--medqa-index", default=str(REPO / "indexes" / "medical"))
+    ap.add_argument("--sets", default="xcsqa,medqa")
     ap.add_argument("--questions", type=int, default=50)
     ap.add_argument("--langs", default="en,zh,fr")
     ap.add_argument("--modes", default="never,always")
-    ap.add_argument("-k", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("-k", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--units-per-batch", type=int, default=12)
     ap.add_argument("--out", default=str(REPO / "runs" / "eval_selfrag"))
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -43,30 +50,39 @@ def main() -> None:
 
     langs = args.langs.split(",")
     gen = Generator.load(args.model)
-    retriever = load_retriever(args.index)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    gen_cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
+                             units_per_batch=args.units_per_batch)
     rows = []
-    for mode in args.modes.split(","):
-        rag = SelfRag(gen, retriever, SelfRagConfig(retrieval=mode, top_k=args.k),
-                      GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens))
-        for name, pattern in SETS.items():
-            units = [q for lang in langs
-                     for q in load_questions(SHARED / pattern.format(lang=lang), lang=lang, dataset=name)[:args.questions]]
+    for name in args.sets.split(","):
+        index = getattr(args, f"{name}_index")
+        retriever = load_retriever(index) if any(m != "never" for m in args.modes.split(",")) else None
+        # question-major: a batch holds whole questions in all their languages
+        per_lang = {lang: load_questions(SHARED / SETS[name].format(lang=lang), lang=lang, dataset=name)[:args.questions]
+                    for lang in langs}
+        units = [per_lang[lang][i] for i in range(args.questions) for lang in langs]
+        gold = {q.id: q.gold for q in units}
+        for mode in args.modes.split(","):
+            rag = SelfRag(gen, retriever if mode != "never" else None,
+                          SelfRagConfig(retrieval=mode, top_k=args.k), gen_cfg)
             started = time.time()
             gens = sample_units(rag, units, out / f"{name}-{mode}.jsonl", 1)
-            gold = {q.id: q.gold for q in units}
             rep = evaluate_generations(gens, gold, langs=langs)
-            rows.append((name, mode, rep, time.time() - started, len(units)))
-            (out / f"{name}-{mode}.report.json").write_text(json.dumps(rep.to_dict(), indent=1))
-    print(f"model {args.model}, critique {rag.mode}, index {args.index}, k={args.k}, "
-          f"{args.questions} questions per set and language, greedy")
+            free = {lang: sum(g.letter is not None and not g.completed for g in gens if g.lang == lang)
+                    / max(1, sum(g.lang == lang for g in gens)) for lang in langs}
+            rows.append((name, mode, index if mode != "never" else "-", rep, free, time.time() - started, len(units)))
+            (out / f"{name}-{mode}.report.json").write_text(json.dumps({**rep.to_dict(), "free_parse_rate": free},
+                                                                       indent=1))
+    print(f"model {args.model}, critique {rag.mode}, k={args.k}, {args.questions} questions per set and language, "
+          f"greedy, max_new_tokens {args.max_new_tokens}, {args.units_per_batch} units per batch")
     head = " | ".join(f"{lang} parsed | {lang} acc" for lang in langs)
-    print(f"| set | retrieval | {head} | seconds/unit |")
-    print("|---|---|" + "---:|" * (2 * len(langs) + 1))
-    for name, mode, rep, secs, n in rows:
-        cells = " | ".join(f"{100 * rep.parse_rate[lang]:.0f}% | {100 * rep.accuracy[lang]:.1f}" for lang in langs)
-        print(f"| {name} | {mode} | {cells} | {secs / max(n, 1):.1f} |")
+    print(f"| set | retrieval | index | {head} | vote acc | consistency | seconds/unit |")
+    print("|---|---|---|" + "---:|" * (2 * len(langs) + 3))
+    for name, mode, index, rep, free, secs, n in rows:
+        cells = " | ".join(f"{100 * free[lang]:.0f}% | {100 * rep.accuracy[lang]:.1f}" for lang in langs)
+        print(f"| {name} | {mode} | {Path(index).name if index != '-' else '-'} | {cells} | "
+              f"{100 * rep.vote_accuracy:.1f} | {100 * (rep.consistency or 0):.1f} | {secs / max(n, 1):.1f} |")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,36 @@ def test_bad_config_key(capsys, tmp_path):
     cfg.write_text("generate: {samples: 3}\n")
     code, _, err = _run(capsys, "calm", "sample", "--config", str(cfg), "--run", str(tmp_path / "r"))
     assert code == 2 and "samples" in err and "known keys" in err
+
+
+def test_calm_eval_on_data_files(capsys, tmp_path, monkeypatch, cli_index, tiny_lm_dir):
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)),
+                          LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    lora.save_pretrained(str(adapter))
+    data = Path(__file__).resolve().parent / "data" / "qa" / "xcsr_dev.jsonl"
+    args = ["calm", "eval", "--data", str(data), "--model", str(tiny_lm_dir), "--index", str(cli_index), "-k", "1",
+            "--max-new-tokens", "4", "--retrieval", "never", "always", "--max-questions", "2", "--out", str(tmp_path / "ev")]
+    code, out, err = _run(capsys, *args, "--adapter", str(adapter), "--json")
+    assert code == 0, err
+    reports = json.loads(out)
+    assert list(reports) == ["calm-never", "calm-always"]
+    for r in reports.values():
+        assert r["langs"] == ["en", "zh"] and r["n_questions"] == 2 and set(r["accuracy"]) == {"en", "zh"}
+        assert r["meta"]["adapter"] == str(adapter) and "consistency" in r
+    # the table, from the stored generations; another adapter setting needs another folder
+    code, out, err = _run(capsys, *args, "--adapter", str(adapter), "--langs", "zh,en")
+    assert code == 2 and "other langs" in err
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, *args[:-2], "--langs", "en", "--retrieval", "never")
+    assert code == 0, err
+    assert "| run | acc en | vote acc | consistency |" in out and "| base-never |" in out
+    assert "runs/eval/" in out and len(list((tmp_path / "runs" / "eval").iterdir())) == 1  # a folder per setting
+    # run-folder flags stay with run folders
+    code, _, err = _run(capsys, "calm", "eval", "--run", str(tmp_path / "run"), "--adapter", str(adapter))
+    assert code == 2 and "--adapter goes with --data" in err

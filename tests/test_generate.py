@@ -1,3 +1,5 @@
+import pytest
+
 from calm_rag.config import GenerateConfig
 from calm_rag.generate import Generator
 
@@ -43,9 +45,45 @@ def test_shared_prefix_equals_plain_generate(tiny_lm_dir):
     prompts = [g.chat_prompt("Where do you keep milk? A. fridge B. oven"), g.chat_prompt("答案")]
     cfg = GenerateConfig(n=3, temperature=0.0, max_new_tokens=8, batch_size=6)
     shared = [x for row in g.generate(prompts, cfg) for x in row]
-    enc = g._encode(prompts)
+    enc = g.encode(prompts)
     ids = g.model.generate(input_ids=enc["input_ids"].repeat_interleave(3, 0),
                            attention_mask=enc["attention_mask"].repeat_interleave(3, 0), max_new_tokens=8,
                            do_sample=False, pad_token_id=g.tokenizer.pad_token_id)
-    plain = [g._strip_pad(t) for t in g.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:])]
+    plain = [g.clean(t) for t in g.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:])]
     assert shared == plain
+
+
+def test_length_sorted_batches_keep_the_callers_order(tiny_lm_dir):
+    """Prompts are batched longest first; each result still belongs to its own prompt."""
+    g = _gen(tiny_lm_dir)
+    cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=6, batch_size=2)
+    prompts = [g.chat_prompt(q) for q in ("hi", "Where do you keep milk? A. fridge B. oven C. shelf", "答案", "ok?")]
+    batched = g.generate(prompts, cfg)
+    assert batched == [g.generate([p], cfg)[0] for p in prompts]
+
+
+def test_generate_scored_reads_the_raw_probabilities_at_the_first_step(tiny_lm_dir):
+    """The recorded group probabilities equal softmax(raw logits) at the step that wrote the token."""
+    import torch
+
+    g = _gen(tiny_lm_dir)
+    vocab = g.tokenizer.get_vocab()
+    # two groups of ordinary tokens: the tiny model writes some of them greedily
+    prompts = [g.chat_prompt("Where do you keep milk?"), g.chat_prompt("答案是什么？")]
+    cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=8)
+    plain = g.generate(prompts, cfg)
+    enc = g.encode(prompts)
+    with torch.inference_mode():
+        out = g.model.generate(**enc, max_new_tokens=8, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True, pad_token_id=g.tokenizer.pad_token_id)
+    new = out.sequences[:, enc["input_ids"].shape[1]:]
+    written = g.tokenizer.convert_ids_to_tokens(new[0].tolist())
+    group = [written[2], next(t for t in vocab if t not in written)]  # one written at step 2, one never
+    texts, tables = g.generate_scored(prompts, cfg, [group])
+    assert texts == plain
+    step = written.index(group[0])
+    probs = torch.softmax(out.logits[step][0].float(), dim=-1)
+    expected = {t: float(probs[vocab[t]]) for t in group}
+    assert tables[0][0] == pytest.approx(expected, rel=1e-4)
+    row1 = g.tokenizer.convert_ids_to_tokens(new[1].tolist())
+    assert (tables[1][0] == {}) == (group[0] not in row1 and group[1] not in row1)

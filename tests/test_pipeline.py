@@ -23,10 +23,10 @@ def _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, **extra):
     sections = {
         "model": {"generator": str(tiny_lm_dir), "embedder": str(tiny_embedder_path)},
         "calm": {"languages": ("en", "zh", "fr")},
-        "generate": {"n": 3, "max_new_tokens": 8, "temperature": 1.0, "seed": 1},
+        "generate": {"n": 3, "max_new_tokens": 8, "temperature": 1.0, "seed": 1, "units_per_batch": 3},
         "selfrag": {"top_k": 2, "retrieval": "always", "index": str(index_dir)},
         "data": {"max_train": 3, "max_eval": 2},
-        "train": {"max_steps": 2, "batch_size": 1, "max_length": 256, "save_steps": 1},
+        "train": {"max_steps": 2, "batch_size": 1, "max_length": 384, "save_steps": 1},
         "eval": {"n": 1, "retrieval": ("always", "never")},
     }
     for k, v in extra.items():
@@ -53,7 +53,7 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
         result = run.train()
         assert (result.adapter_dir / "adapter_config.json").is_file()
         reports = run.evaluate()
-        assert set(reports) == {"base", "base-never", "calm", "calm-never"}
+        assert set(reports) == {"base-always", "base-never", "calm-always", "calm-never"}
         assert (run.dir / "eval" / "plot.png").stat().st_size > 0
         assert "base" in (run.dir / "eval" / "report.md").read_text()
     manifest = json.loads((run.dir / "manifest.json").read_text())
@@ -62,10 +62,14 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     # the same folder refuses a different sampling config
     with pytest.raises(ValueError, match="other generate settings"):
         Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"n": 2}))
+    with pytest.raises(ValueError, match="other generate settings"):  # batches decide the samples too
+        Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"units_per_batch": 1}))
 
 
 def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
-    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir)
+    """Units are sampled in batches of 2: the kill comes after the 2nd batch, and a torn 3rd batch
+    (one record of unit 4 of 9, then half a line) is dropped and redone on restart."""
+    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"units_per_batch": 2})
     full = Run(tmp_path / "full", cfg)
     expected = full.sample()
 
@@ -93,3 +97,74 @@ def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedd
     key = lambda g: (g.question_id, g.lang, g.sample)  # noqa: E731
     assert sorted(resumed, key=key) == sorted(expected, key=key)
     assert len(list(read_jsonl(cut.dir / "generations.jsonl", Generation))) == len(expected)
+
+
+# ---------------------------------------------------------------- evaluating QA files (calm eval --data)
+
+QA = __import__("pathlib").Path(__file__).resolve().parent / "data" / "qa"
+
+
+def test_load_eval_questions_formats_languages_and_alignment(tmp_path):
+    from calm_rag.config import ConfigError
+    from calm_rag.pipeline import load_eval_questions
+
+    # X-CSR JSONL: languages from the rows, ids from the file, shared across languages
+    a = load_eval_questions([QA / "xcsr_dev.jsonl"])
+    assert a.langs == ["en", "zh"] and a.ids == ["xcsqa-dev-a1", "xcsqa-dev-b2", "xcsqa-dev-c3"]
+    assert [q.gold for q in a.by_lang["zh"]] == ["A", "C", "B"]
+    zh = load_eval_questions([QA / "xcsr_dev.jsonl"], langs=["zh"], max_questions=2)
+    assert zh.langs == ["zh"] and zh.by_lang["zh"][1].stem == "病人去哪里治病？"
+    # MedQA JSONL: languages from the file names; --langs orders them
+    a = load_eval_questions([QA / "medqa" / "en.jsonl", QA / "medqa" / "fr.jsonl"], langs=["fr", "en"])
+    assert a.langs == ["fr", "en"] and a.ids == ["qa-medqa-0", "qa-medqa-1"]
+    # files whose names carry no language take --langs by position; no shared ids -> aligned by position
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "questions.jsonl").write_bytes((QA / "medqa" / "en.jsonl").read_bytes())
+    (tmp_path / "b" / "questions.jsonl").write_bytes((QA / "medqa" / "fr.jsonl").read_bytes())
+    files = [tmp_path / "a" / "questions.jsonl", tmp_path / "b" / "questions.jsonl"]
+    a = load_eval_questions(files, langs=["en", "fr"])
+    assert a.ids == [f"{tmp_path.name}-a-0", f"{tmp_path.name}-a-1"] and [q.id for q in a.by_lang["fr"]] == a.ids
+    assert a.by_lang["fr"][1].options["C"] == "Pancréas"
+    with pytest.raises(ValueError, match=r"questions\.jsonl.*--langs with one language per file"):
+        load_eval_questions(files)
+    with pytest.raises(ConfigError, match=r"no questions in language\(s\) \['de'\].*languages found: \['en', 'zh'\]"):
+        load_eval_questions([QA / "xcsr_dev.jsonl"], langs=["en", "de"])
+    # a split file keeps its dev questions only, and names itself when an id is missing
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["xcsqa-dev-a1", "not-here"], "dev": ["xcsqa-dev-c3", "xcsqa-dev-b2"]}))
+    assert load_eval_questions([QA / "xcsr_dev.jsonl"], split=split).ids == ["xcsqa-dev-b2", "xcsqa-dev-c3"]
+    split.write_text(json.dumps({"train": [], "dev": ["xcsqa-dev-c3", "xcsqa-dev-x9"]}))
+    with pytest.raises(ValueError, match=r"split\.json: 1 question id\(s\) .*missing.*xcsqa-dev-x9"):
+        load_eval_questions([QA / "xcsr_dev.jsonl"], split=split)
+
+
+def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+    from calm_rag.config import ConfigError
+    from calm_rag.evaluate import load_report
+    from calm_rag.pipeline import evaluate_files
+
+    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"max_new_tokens": 4})
+    out = tmp_path / "eval"
+    reports = evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never", "always"), out=out)
+    assert list(reports) == ["base-never", "base-always"]
+    for name, mode in (("base-never", "never"), ("base-always", "always")):
+        r = reports[name]
+        assert r.langs == ["en", "zh"] and r.n_questions == 3 and r.n_samples == 6  # eval.n = 1
+        assert r.meta["retrieval"] == mode and r.meta["adapter"] is None and r.consistency is not None
+        assert load_report(out / f"{name}.json") == r
+        gens = list(read_jsonl(out / f"{mode}.generations.jsonl", Generation))
+        assert len(gens) == 6 and all(bool(g.passage_ids) == (mode == "always") for g in gens)
+    assert "| base-never |" in (out / "report.md").read_text()
+    # a rerun reads the generations instead of sampling again: doctor them all to the gold letter
+    gold = {"xcsqa-dev-a1": "A", "xcsqa-dev-b2": "C", "xcsqa-dev-c3": "B"}
+    path = out / "never.generations.jsonl"
+    recs = [dict(json.loads(line), letter=gold[json.loads(line)["question_id"]]) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    again = evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never",), out=out)
+    assert again["base-never"].accuracy == {"en": 1.0, "zh": 1.0} and again["base-never"].consistency == 1.0
+    # the folder refuses other settings instead of mixing their generations
+    with pytest.raises(ConfigError, match=r"settings\.json: this folder holds an evaluation with other units"):
+        evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never",), max_questions=2, out=out)
+    with pytest.raises(ConfigError, match="needs an index"):
+        evaluate_files([QA / "xcsr_dev.jsonl"], load_run_config(None, model={"generator": str(tiny_lm_dir)}),
+                       retrieval=("always",), out=tmp_path / "other")

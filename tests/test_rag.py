@@ -89,6 +89,22 @@ def test_seeded_answers_repeat(tiny_lm_dir, retriever):
     assert a == b
 
 
+@pytest.mark.parametrize("which", ["tiny_lm_dir", "tiny_selfrag_lm_dir"])
+def test_answer_many_batches_questions_like_one_at_a_time(which, request, retriever):
+    """Greedy answers of a question group decoded in one padded batch equal those answered alone."""
+    rag = _rag(request.getfixturevalue(which), retriever, retrieval="always", top_k=2)
+    rag.gen_cfg = GenerateConfig(n=2, temperature=0.0, max_new_tokens=8, batch_size=12)
+    zh = Question("q1", "zh", "牛奶放在哪里？", {"A": "冰箱", "B": "烤箱", "C": "车", "D": "桌子", "E": "屋顶"}, "A")
+    group = rag.answer_many([Q, zh])
+    alone = [rag.answer(Q), rag.answer(zh)]
+    for g, a in zip(group, alone):
+        assert [h.passage.id for h in g.hits] == [h.passage.id for h in a.hits]
+        assert [[c.text for c in s] for s in g.samples] == [[c.text for c in s] for s in a.samples]
+        assert [c.critique.score for s in g.samples for c in s] == pytest.approx(
+            [c.critique.score for s in a.samples for c in s], abs=1e-4)
+        assert g.letters == a.letters
+
+
 def test_native_probabilities_from_logits(tiny_selfrag_lm_dir, retriever):
     rag = _rag(tiny_selfrag_lm_dir, retriever, retrieval="adaptive", threshold=0.0)
     assert has_reflection_tokens(rag.gen.tokenizer)
@@ -116,3 +132,21 @@ def test_translator_keeps_reflection_tokens(tiny_lm_dir):
     assert "B. the oven" not in out or out == text
     tr("[Irrelevant]C[Utility:2]", "en", "fr")
     assert loads == [1]  # loaded once, lazily
+
+
+def test_outputs_without_a_letter_are_completed_after_the_answer_cue(tiny_lm_dir, retriever):
+    """The tiny model writes no option letter; the answer-cue step gives every candidate one, marked."""
+    off = _rag(tiny_lm_dir, retriever, retrieval="always", top_k=2, complete_answer=False).answer(Q)
+    free = [c for cands in off.samples for c in cands]
+    assert any(c.letter is None for c in free)
+    on = _rag(tiny_lm_dir, retriever, retrieval="always", top_k=2).answer(Q)
+    for cands_on, cands_off in zip(on.samples, off.samples):
+        for c, c0 in zip(cands_on, cands_off):
+            if c0.letter is not None:
+                assert (c.letter, c.completed, c.answer) == (c0.letter, False, c0.answer)
+                continue
+            assert c.completed and c.letter in Q.options
+            assert c.answer == c0.answer.rstrip() + "\nAnswer: " + c.letter  # the record shows what was voted on
+            assert selfrag.extract_choice(selfrag.parse_output(c.text).answer, "en", Q.options) == c.letter
+    assert all(letter in Q.options for letter in on.letters)
+    assert any(g.completed for g in on.generations())

@@ -1,0 +1,141 @@
+"""The one-time train/dev splits (scripts/make_splits.py, splits/*.json) and the run configs that use them."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from calm_rag.config import ConfigError
+from calm_rag.pipeline import Run, load_aligned, load_run_config, split_questions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _make_splits():
+    spec = importlib.util.spec_from_file_location("make_splits", REPO / "scripts" / "make_splits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_split_ids_by_question():
+    ms = _make_splits()
+    ids = [f"set-part-{i}" for i in range(300)]
+    train, dev = ms.split_ids(ids, 60, seed=0)
+    assert len(dev) == 60 and len(train) == 240
+    assert not set(train) & set(dev) and set(train) | set(dev) == set(ids)
+    assert train == [i for i in ids if i in set(train)] and dev == [i for i in ids if i in set(dev)]  # data order
+    assert dev != ids[:60] and dev != ids[-60:]  # shuffled, not the first or last block
+    assert ms.split_ids(ids, 60, seed=0) == (train, dev)  # deterministic
+    assert ms.split_ids(ids, 60, seed=1)[1] != dev  # the seed matters
+    # a question's side depends on its id only, not on the order of the list
+    assert set(ms.split_ids(list(reversed(ids)), 60, seed=0)[1]) == set(dev)
+    with pytest.raises(ValueError, match="duplicate question id 'set-part-3'"):
+        ms.split_ids(ids + ["set-part-3"], 60)
+    with pytest.raises(ValueError, match="dev_size=301"):
+        ms.split_ids(ids, 301)
+
+
+def test_split_files_reproduce_and_hold_out_whole_questions(shared_dir, tmp_path):
+    from calm_rag.qa import load_questions
+
+    ms = _make_splits()
+    assert ms.main(["--data", str(shared_dir / "data"), "--out", str(tmp_path)]) == 0
+    for name, (folder, langs) in ms.SETS.items():
+        committed = REPO / "splits" / f"{name}.json"
+        assert (tmp_path / f"{name}.json").read_bytes() == committed.read_bytes(), \
+            f"{committed} is stale: rerun scripts/make_splits.py"
+        doc = json.loads(committed.read_text())
+        assert doc["seed"] == 0 and doc["dev_size"] == 200 and doc["method"]
+        assert len(doc["dev"]) == 200 and len(doc["train"]) == doc["n_questions"] - 200
+        assert not set(doc["train"]) & set(doc["dev"])
+        for lang in langs:  # the same ids, hence the same held-out questions, in every language
+            ids = [q.id for q in load_questions(shared_dir / "data" / folder / f"{lang}.json", lang=lang)]
+            assert set(ids) == set(doc["train"]) | set(doc["dev"]) and len(ids) == doc["n_questions"]
+    assert ms.main(["--data", str(shared_dir / "data"), "--out", str(REPO / "splits"), "--check"]) == 0
+
+
+RUNS = {"xcsqa-6lang": ("commonsense", "xcsqa", 6), "medqa": ("medical", "medqa-usmle", 3),
+        "medqa-mcmle": ("medical", "medqa-mcmle", 3), "xcsqa-ablation-2": ("commonsense", "xcsqa", 2),
+        "xcsqa-ablation-3": ("commonsense", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense", "xcsqa", 6)}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_run_configs_load(name):
+    index, split, n_langs = RUNS[name]
+    path = REPO / "scripts" / "runs" / f"{name}.yaml"
+    cfg = load_run_config(path)
+    assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.calm.languages)
+    assert Path(cfg.selfrag.index).resolve() == REPO / "indexes" / index
+    assert Path(cfg.data.split).resolve() == REPO / "splits" / f"{split}.json"
+    assert Path(cfg.data.split).is_file()
+    for key in ("max_train:", "max_eval:", "n:", "top_k:", "max_new_tokens:", "max_steps:"):
+        line = next(x for x in path.read_text().splitlines() if x.strip().startswith(key))
+        assert "# scale: set from measured throughput" in line, line
+
+
+@pytest.mark.parametrize("name", ["xcsqa-ablation-2", "medqa-mcmle"])
+def test_run_configs_split_real_data(shared_dir, tmp_path, name):
+    cfg = load_run_config(REPO / "scripts" / "runs" / f"{name}.yaml")
+    doc = json.loads(Path(cfg.data.split).read_text())
+    aligned = load_aligned(cfg)
+    train, dev = split_questions(cfg, aligned)
+    assert [aligned.ids[i] for i in train] == doc["train"][:cfg.data.max_train]
+    assert [aligned.ids[i] for i in dev] == doc["dev"][:cfg.data.max_eval]
+    train_qs, eval_qs = Run(tmp_path / "run", cfg).questions()
+    assert {q.id for q in eval_qs} <= set(doc["dev"]) and {q.id for q in train_qs} <= set(doc["train"])
+    assert {q.lang for q in eval_qs} == set(cfg.calm.languages)
+
+
+def _demo_split_cfg(tmp_path, train, dev, **data):
+    from calm_rag.pipeline import demo_files
+
+    files = {lang: p for lang, p in demo_files().items() if lang in ("en", "zh", "fr")}
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train, "dev": dev}))
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text(json.dumps({"calm": {"languages": ["en", "zh", "fr"]},
+                                "data": {"files": files, "split": "split.json", **data}}))
+    return load_run_config(yaml), split
+
+
+def test_split_file_decides_train_and_eval(tmp_path):
+    ids = [f"corpora-demo_questions-{i}" for i in range(8)]
+    cfg, split = _demo_split_cfg(tmp_path, train=[ids[5], ids[1], ids[2]], dev=[ids[7], ids[0]])
+    assert cfg.data.split == str(split)  # relative to the YAML file
+    train_qs, eval_qs = Run(tmp_path / "run", cfg).questions()
+    assert [q.id for q in train_qs if q.lang == "en"] == [ids[1], ids[2], ids[5]]  # data order
+    assert [q.id for q in eval_qs if q.lang == "zh"] == [ids[0], ids[7]]
+    assert {q.lang for q in train_qs} == {"en", "zh", "fr"} and len(train_qs) == 9
+    # max_train / max_eval still cut, from the split's lists
+    cfg, _ = _demo_split_cfg(tmp_path, train=[ids[5], ids[1], ids[2]], dev=[ids[7], ids[0]], max_train=1)
+    train, dev = split_questions(cfg, load_aligned(cfg))
+    assert train == [1] and dev == [0, 7]
+
+
+def test_split_file_errors_name_the_file(tmp_path):
+    ids = [f"corpora-demo_questions-{i}" for i in range(3)]
+    cfg, split = _demo_split_cfg(tmp_path, train=ids[:2] + ["xcsqa-train-5"], dev=ids[2:])
+    with pytest.raises(ConfigError, match=r"split\.json: 1 question id\(s\) of the split are missing.*xcsqa-train-5"):
+        split_questions(cfg, load_aligned(cfg))
+    cfg, _ = _demo_split_cfg(tmp_path, train=ids[:2], dev=ids[1:])
+    with pytest.raises(ConfigError, match=r"split\.json: 1 id\(s\) are in both train and dev"):
+        split_questions(cfg, load_aligned(cfg))
+    split.write_text('{"train": "all"}')
+    with pytest.raises(ConfigError, match=r"split\.json: 'train' must be a list"):
+        split_questions(cfg, load_aligned(cfg))
+    split.unlink()
+    with pytest.raises(ConfigError, match=r"data\.split=.*split\.json: no such file.*make_splits"):
+        split_questions(cfg, load_aligned(cfg))
+
+
+def test_no_split_file_keeps_the_position_split(tmp_path):
+    cfg = load_run_config(None, calm={"languages": ("en", "zh")}, data={"max_train": 2, "max_eval": 2})
+    assert cfg.data.split is None
+    aligned = load_aligned(cfg)
+    assert aligned.ids[0] == "q-0"
+    from calm_rag.qa import split_train_dev
+
+    train, dev = split_train_dev(len(aligned), cfg.data.eval_fraction, cfg.data.split_seed)
+    assert split_questions(cfg, aligned) == (train[:2], dev[:2])
