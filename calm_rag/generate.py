@@ -102,14 +102,14 @@ class Generator:
         return texts, tables
 
     def _generate_kwargs(self, cfg: GenerateConfig, recorder) -> dict:
+        """Greedy for temperature 0; otherwise sampling by `_NucleusSampler` and a greedy pick of its token."""
         from transformers import LogitsProcessorList
 
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
-                      pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
-        if cfg.temperature > 0:
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        if recorder is not None:
-            kwargs["logits_processor"] = LogitsProcessorList([recorder])
+        processors = [p for p in (recorder, _NucleusSampler(cfg.temperature, cfg.top_p) if cfg.temperature > 0 else None)
+                      if p is not None]
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
 
     def _generate_shared_prefix(self, enc: dict, n: int, kwargs: dict):
@@ -154,6 +154,36 @@ class Generator:
             for i, row in zip(idx, probs):
                 out[i] = {c: float(row[t]) for c, t in first_ids.items()}
         return out
+
+
+class _NucleusSampler:
+    """Temperature + top-p sampling inside a logits processor; generate then picks its token greedily.
+
+    transformers' own path sorts the whole vocabulary and draws with `torch.multinomial` over it at
+    every step: about 0.6 s + 0.2 s per step for 36 rows of a 152k vocabulary on 2 cores, more than
+    the model's own decoding step. Here the nucleus is cut from the top `k` logits (exact whenever
+    they hold the top_p mass; rows where they do not fall back to the full sort), the draw is over
+    those few, and every other logit becomes -inf. Same distribution as top_p sampling (top_k=0).
+    """
+
+    def __init__(self, temperature: float, top_p: float, k: int = 1024):
+        self.temperature, self.top_p, self.k = temperature, top_p, k
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float() / self.temperature
+        logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+        vals, idx = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
+        tokens = torch.empty(logits.shape[0], 1, dtype=torch.long, device=logits.device)
+        for row in range(logits.shape[0]):
+            v, i = vals[row], idx[row]
+            if float((v - logz[row]).exp().sum()) < self.top_p:  # the nucleus reaches past the top k
+                v, i = logits[row].sort(descending=True)
+            probs = (v - logz[row]).exp()
+            keep = (probs.cumsum(0) - probs) < self.top_p  # the smallest prefix holding top_p (at least one)
+            tokens[row, 0] = i[torch.multinomial(probs * keep, 1)]
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
 
 class _ProbRecorder:

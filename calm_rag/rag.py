@@ -55,6 +55,7 @@ class Candidate:
     prompt: str
     hit: Hit | None = None
     completed: bool = False  # the letter came from the answer-cue step, not from the free text
+    probs: dict[str, float] = field(default_factory=dict)  # the critique's token probabilities (either mode)
 
 
 @dataclass
@@ -146,7 +147,7 @@ class SelfRag:
             prompts = [selfrag.format_prompt(selfrag.question_instruction(q)) for q in questions]
             tables = self.gen.next_token_probs(prompts, [selfrag.RETRIEVAL, selfrag.NO_RETRIEVAL])
         else:
-            prompts = [self._critic(CRITIC_RETRIEVAL, question=_question_text(q)) for q in questions]
+            prompts = [self._critic(CRITIC_RETRIEVAL, question=selfrag.question_text(q)) for q in questions]
             tables = [{selfrag.RETRIEVAL: t["Yes"], selfrag.NO_RETRIEVAL: t["No"]}
                       for t in self.gen.next_token_probs(prompts, YES_NO)]
         return [(selfrag.should_retrieve(t, self.cfg.threshold, "adaptive"), selfrag.retrieval_prob(t))
@@ -173,7 +174,7 @@ class SelfRag:
         found = list(hits) if hits is not None else [None] * len(questions)
         need = [i for i, (retrieve, _) in enumerate(decisions) if retrieve and found[i] is None]
         if need:
-            searched = self.retriever.search([_question_text(questions[i]) for i in need], k=self.cfg.top_k)
+            searched = self.retriever.search([selfrag.question_text(questions[i]) for i in need], k=self.cfg.top_k)
             for i, h in zip(need, searched):
                 found[i] = h
         slots = [list(found[i] or []) if decisions[i][0] else [] for i in range(len(questions))]
@@ -211,7 +212,8 @@ class SelfRag:
                 crit = selfrag.score_critique(probs, self.weights)
                 parsed = selfrag.parse_output(texts[i][s])
                 letter = selfrag.extract_choice(parsed.answer, question.lang, question.options) if question.options else None
-                samples[s].append(Candidate(_render(parsed.answer, crit, hit), parsed.answer, letter, crit, prompts[i], hit))
+                samples[s].append(Candidate(_render(parsed.answer, crit, hit), parsed.answer, letter, crit, prompts[i],
+                                            hit, probs=probs))
         return samples
 
     def _complete_letters(self, pending: list[tuple[Question, Candidate]]) -> None:
@@ -235,7 +237,7 @@ class SelfRag:
     def _verbalised_tables(self, question: Question, slots: list[Hit | None],
                            texts: list[list[str]]) -> list[list[dict[str, float]]]:
         """Relevance once per passage; support per (passage, answer); utility per answer."""
-        qtext = _question_text(question)
+        qtext = selfrag.question_text(question)
         rel_tables: list[dict[str, float]] = [{} for _ in slots]
         with_passage = [i for i, h in enumerate(slots) if h is not None]
         if with_passage:
@@ -279,11 +281,6 @@ def _vote(question: Question, samples: list[list[Candidate]], hits: list[Hit], p
 def _positive(score: float) -> float:
     """Passage scores can be negative (utility); option totals use a floor so every answer counts."""
     return max(score, 1e-3)
-
-
-def _question_text(q: Question) -> str:
-    opts = "\n".join(f"{k}. {v}" for k, v in q.options.items())
-    return f"{q.stem}\n{opts}".strip()
 
 
 def _passage_text(p: Passage) -> str:

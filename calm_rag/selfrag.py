@@ -67,6 +67,11 @@ def format_prompt(instruction: str, passage: Passage | None = None, extra_specia
     return prompt
 
 
+def question_text(q: Question) -> str:
+    """The stem and lettered options: what retrieval searches with and what the critic is shown."""
+    return "\n".join([q.stem, *(f"{k}. {v}" for k, v in q.options.items())]).strip()
+
+
 def question_instruction(question: Question, instruction: str | None = None) -> str:
     """The instruction for a multiple-choice question in its own language.
 

@@ -459,7 +459,7 @@ class ShellSession:
         hits: list = []
         if decision[0]:
             self._emit("status", f"{label}retrieving")
-            hits = self.retriever.search([question_text(question)], k=self.k)[0]
+            hits = self.retriever.search([selfrag.question_text(question)], k=self.k)[0]
         labels = [f"{label}[{i}] {h.passage.title} ({h.passage.lang})" for i, h in enumerate(hits, 1)]
         self._emit("rows", labels or [f"{label}(no passage)"])
         self._emit("status", f"{label}generating")
@@ -531,11 +531,6 @@ class ShellSession:
 
 
 # ---------------------------------------------------------------- helpers and rendering
-
-
-def question_text(q: Question) -> str:
-    """What retrieval searches with: the stem and the options."""
-    return "\n".join([q.stem, *(f"{k}. {v}" for k, v in q.options.items())]).strip()
 
 
 def _passage_dict(hit: Any) -> dict[str, Any] | None:

@@ -87,3 +87,32 @@ def test_generate_scored_reads_the_raw_probabilities_at_the_first_step(tiny_lm_d
     assert tables[0][0] == pytest.approx(expected, rel=1e-4)
     row1 = g.tokenizer.convert_ids_to_tokens(new[1].tolist())
     assert (tables[1][0] == {}) == (group[0] not in row1 and group[1] not in row1)
+
+
+@pytest.mark.parametrize("k", [2, 1024])  # k=2 cannot hold the nucleus: the full-sort fallback
+def test_nucleus_sampler_draws_from_the_top_p_set_in_proportion(k):
+    import torch
+
+    from calm_rag.generate import _NucleusSampler
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])  # top_p 0.85 keeps the first three (0.9 >= 0.85)
+    scores = probs.log().repeat(4000, 1)
+    out = _NucleusSampler(temperature=1.0, top_p=0.85, k=k)(None, scores)
+    assert torch.isfinite(out).sum(-1).eq(1).all()  # one token left per row, picked greedily after
+    drawn = out.argmax(-1)
+    freq = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    assert freq[3:].sum() == 0
+    assert freq[:3].tolist() == pytest.approx((probs[:3] / probs[:3].sum()).tolist(), abs=0.03)
+
+
+def test_nucleus_sampler_applies_the_temperature():
+    import torch
+
+    from calm_rag.generate import _NucleusSampler
+
+    torch.manual_seed(0)
+    scores = torch.tensor([[2.0, 1.0, 0.0]]).repeat(4000, 1)
+    drawn = _NucleusSampler(temperature=2.0, top_p=1.0)(None, scores).argmax(-1)
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / 2.0, -1)
+    assert (torch.bincount(drawn, minlength=3).float() / 4000).tolist() == pytest.approx(expected.tolist(), abs=0.03)
