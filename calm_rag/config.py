@@ -45,6 +45,8 @@ class GenerateConfig:
     temperature: float = option("sampling temperature; 0 means greedy", 0.7)
     top_p: float = option("nucleus sampling mass", 0.95)
     max_new_tokens: int = option("tokens generated per answer", 96)
+    min_new_tokens: int = option("end-of-turn is blocked before this many tokens (0: off; throughput benchmarks "
+                                 "use max_new_tokens for fixed-length outputs)", 0)
     batch_size: int = option("sequences (prompts x samples) decoded together in one padded batch", 48)
     units_per_batch: int = option("question-language units answered together; question-major order puts all "
                                   "languages of a question in one batch when it is a multiple of the "
@@ -56,6 +58,8 @@ class GenerateConfig:
         require(self.temperature >= 0, f"generate.temperature={self.temperature}; use a value >= 0")
         require(0 < self.top_p <= 1, f"generate.top_p={self.top_p}; use a value in (0, 1]")
         require(self.max_new_tokens >= 1, f"generate.max_new_tokens={self.max_new_tokens}; use >= 1")
+        require(0 <= self.min_new_tokens <= self.max_new_tokens,
+                f"generate.min_new_tokens={self.min_new_tokens}; use 0..max_new_tokens ({self.max_new_tokens})")
         require(self.batch_size >= 1, f"generate.batch_size={self.batch_size}; use >= 1")
         require(self.units_per_batch >= 1, f"generate.units_per_batch={self.units_per_batch}; use >= 1")
 

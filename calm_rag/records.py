@@ -228,6 +228,17 @@ class JsonlAppender:
         self.close()
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in blocks (model weights and corpora are large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file via temp file + rename so readers never see half of it."""
     path = Path(path)

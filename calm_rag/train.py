@@ -16,7 +16,6 @@ instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .records import RecordError, atomic_write_text, read_jsonl
+from .records import RecordError, atomic_write_text, file_sha256, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -241,10 +240,6 @@ def _log_callback():
 # ---------------------------------------------------------------- training
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _check_run(out_dir: Path, run: dict[str, Any], resuming: bool) -> None:
     """Refuse to resume checkpoints made from other pairs, another model or another adapter shape."""
     path = out_dir / "run.json"
@@ -276,7 +271,7 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     rows = load_pairs(pairs_path)  # every process validates, so a bad file fails everywhere
     model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=_load_dtype(device))
     checkpoints = out_dir / "checkpoints"
-    run = {"pairs_sha256": _sha256(pairs_path), "model": model_spec, "lora_r": cfg.lora_r,
+    run = {"pairs_sha256": file_sha256(pairs_path), "model": model_spec, "lora_r": cfg.lora_r,
            "lora_targets": cfg.lora_targets, "train_tokens": cfg.train_tokens, "max_length": cfg.max_length}
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
     _check_run(out_dir, run, resuming=last is not None)

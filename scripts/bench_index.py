@@ -138,7 +138,7 @@ def bench_search(n_vectors: int, n_queries: int, dim: int, k: int, out: list[str
     lc_f_s = time.perf_counter() - t
     short = sum(len(r) < k for r in theirs_f)
     out += [
-        f"### Search: batched vs a loop of LangChain FAISS.similarity_search", "",
+        "### Search: batched vs a loop of LangChain FAISS.similarity_search", "",
         f"{n_vectors:,} random unit vectors (dim {dim}), {n_queries} random queries, k={k}, IndexFlatIP "
         "(search only: query vectors precomputed for both). CPU.", "",
         "| search | seconds | queries/s |", "|---|---:|---:|",

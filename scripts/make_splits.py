@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calm_rag.qa import align_parallel, load_questions  # noqa: E402
-from calm_rag.records import atomic_write_text  # noqa: E402
+from calm_rag.records import atomic_write_text, file_sha256  # noqa: E402
 
 SEED = 0
 DEV_SIZE = 200  # questions per set; the rest are the training pool
@@ -34,8 +34,8 @@ SETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "medqa-usmle": ("medqa/usmle", ("en", "zh", "fr")),
     "medqa-mcmle": ("medqa/mcmle", ("zh", "en", "fr")),
 }
-METHOD = (f"by question id: the dev_size ids with the lowest sha256('<seed>:<id>') are dev, the rest train; "
-          f"lists in data order")
+METHOD = ("by question id: the dev_size ids with the lowest sha256('<seed>:<id>') are dev, the rest train; "
+          "lists in data order")
 
 
 def split_ids(ids: Sequence[str], dev_size: int, seed: int = SEED) -> tuple[list[str], list[str]]:
@@ -49,10 +49,6 @@ def split_ids(ids: Sequence[str], dev_size: int, seed: int = SEED) -> tuple[list
     rank = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     dev = set(rank[:dev_size])
     return [i for i in ids if i not in dev], [i for i in ids if i in dev]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_split(data_dir: Path, name: str, dev_size: int = DEV_SIZE, seed: int = SEED) -> str:
@@ -73,7 +69,7 @@ def make_split(data_dir: Path, name: str, dev_size: int = DEV_SIZE, seed: int = 
     doc = {
         "name": name,
         "source": {lang: f"data/{folder}/{lang}.json" for lang in langs},
-        "sha256": {lang: _sha256(p) for lang, p in paths.items()},
+        "sha256": {lang: file_sha256(p) for lang, p in paths.items()},
         "langs": list(langs),
         "n_questions": len(ref_ids),
         "dev_size": dev_size,

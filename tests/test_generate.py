@@ -116,3 +116,26 @@ def test_nucleus_sampler_applies_the_temperature():
     drawn = _NucleusSampler(temperature=2.0, top_p=1.0)(None, scores).argmax(-1)
     expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / 2.0, -1)
     assert (torch.bincount(drawn, minlength=3).float() / 4000).tolist() == pytest.approx(expected.tolist(), abs=0.03)
+
+
+def test_min_new_tokens_blocks_the_end_of_turn(tiny_lm_dir):
+    """With end-of-turn made near certain, outputs are empty unless min_new_tokens holds it off."""
+    import torch
+
+    g = _gen(tiny_lm_dir)
+    eos = g.tokenizer.eos_token_id
+
+    def boost_eos(input_ids, scores):
+        scores[:, eos] += 100.0
+        return scores
+
+    enc = g.encode([g.chat_prompt("hi")])
+    for min_new, expected in ((0, 0), (7, 7)):
+        cfg = GenerateConfig(n=1, temperature=1.0, max_new_tokens=7, min_new_tokens=min_new, seed=1)
+        kwargs = g._generate_kwargs(cfg, None)
+        kwargs["logits_processor"].insert(0, boost_eos)
+        with torch.inference_mode():
+            new = g.model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:].tolist()
+        assert len([t for t in new if t not in (eos, g.tokenizer.pad_token_id)]) == expected
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        GenerateConfig(max_new_tokens=4, min_new_tokens=5)
