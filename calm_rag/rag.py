@@ -189,11 +189,11 @@ class SelfRag:
         else:
             texts = self.gen.generate(flat, self.gen_cfg, n=n, seed=seed)
         per_question, start = [], 0
-        for q, s, ps in zip(questions, slots, prompts):
+        for q, s, ps, (_, p_ret) in zip(questions, slots, prompts, decisions):
             q_texts = texts[start:start + len(ps)]
             q_tables = tables[start:start + len(ps)] if self.native else self._verbalised_tables(q, s, q_texts)
             start += len(ps)
-            per_question.append(self._candidates(q, s, ps, q_texts, q_tables, decisions[len(per_question)][1], n))
+            per_question.append(self._candidates(q, s, ps, q_texts, q_tables, p_ret, n))
         if self.cfg.complete_answer:
             self._complete_letters([(q, c) for q, samples in zip(questions, per_question)
                                     for cands in samples for c in cands if c.letter is None and q.options])
@@ -224,8 +224,13 @@ class SelfRag:
         if not pending:
             return
         letters = sorted({letter for q, _ in pending for letter in q.options})
+        # "A" and " A" are both ways to write the letter after the cue; the spaced form counts only where it
+        # is one token (next_token_probs reads first tokens, and a lone space token is not a letter)
+        tok = self.gen.tokenizer
+        variants = [v for letter in letters for v in (letter, " " + letter)
+                    if len(tok.encode(v, add_special_tokens=False)) == 1]
         prompts = [c.prompt + c.answer.rstrip() + "\n" + text_for(q.lang).answer_cue for q, c in pending]
-        tables = self.gen.next_token_probs(prompts, [v for letter in letters for v in (letter, " " + letter)])
+        tables = self.gen.next_token_probs(prompts, variants)
         for (q, c), table in zip(pending, tables):
             letter = max(q.options, key=lambda k: table.get(k, 0.0) + table.get(" " + k, 0.0))
             c.answer = f"{c.answer.rstrip()}\n{text_for(q.lang).answer_cue} {letter}".strip()
