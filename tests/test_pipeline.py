@@ -168,3 +168,28 @@ def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tin
     with pytest.raises(ConfigError, match="needs an index"):
         evaluate_files([QA / "xcsr_dev.jsonl"], load_run_config(None, model={"generator": str(tiny_lm_dir)}),
                        retrieval=("always",), out=tmp_path / "other")
+
+
+def test_loop_runs_unchanged_on_a_native_reflection_token_model(tmp_path, tiny_selfrag_lm_dir, tiny_embedder_path,
+                                                                 index_dir):
+    """A model with its own reflection tokens (what `calm-rag selfrag distill` makes) goes through
+    sampling, vote, pairs and DPO with no other setting: native critique, tokens in the pairs."""
+    from calm_rag.pipeline import make_selfrag
+    from calm_rag.selfrag import SPECIAL_TOKENS, UTILITY_TOKENS
+
+    run = Run(tmp_path / "run", _cfg(tiny_selfrag_lm_dir, tiny_embedder_path, index_dir))
+    rag = make_selfrag(run.cfg, run.retriever())
+    assert rag.mode == "native"
+    gens = run.sample(rag)
+    assert len(gens) == 9 * 3
+    # native critique reads the tokens the model wrote: a critique value comes with its token in the text
+    assert any(g.critique.use is not None for g in gens)
+    for g in gens:
+        assert (g.critique.use is not None) == any(t in g.text for t in UTILITY_TOKENS), g.text
+    run.vote()
+    run.pairs()
+    pairs = list(read_jsonl(run.dir / "pairs.jsonl"))
+    assert pairs and any(t in p["chosen"] + p["rejected"] for p in pairs for t in SPECIAL_TOKENS)
+    result = run.train()
+    adapter = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert len(adapter["trainable_token_indices"]) == len(SPECIAL_TOKENS)  # DPO moves the token rows too
