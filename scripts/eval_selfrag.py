@@ -54,7 +54,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     gen_cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
                              units_per_batch=args.units_per_batch)
-    rows = []
+    rows, deltas = [], []
     for name in args.sets.split(","):
         index = getattr(args, f"{name}_index")
         retriever = load_retriever(index) if any(m != "never" for m in args.modes.split(",")) else None
@@ -66,23 +66,47 @@ def main() -> None:
         for mode in args.modes.split(","):
             rag = SelfRag(gen, retriever if mode != "never" else None,
                           SelfRagConfig(retrieval=mode, top_k=args.k), gen_cfg)
+            path = out / f"{name}-{mode}.jsonl"
+            had = sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
             started = time.time()
-            gens = sample_units(rag, units, out / f"{name}-{mode}.jsonl", 1)
+            gens = sample_units(rag, units, path, 1)
+            answered = len(gens) - had  # units answered by this call (a torn batch is redone: at least this many)
             rep = evaluate_generations(gens, gold, langs=langs)
             free = {lang: sum(g.letter is not None and not g.completed for g in gens if g.lang == lang)
                     / max(1, sum(g.lang == lang for g in gens)) for lang in langs}
-            rows.append((name, mode, index if mode != "never" else "-", rep, free, time.time() - started, len(units)))
+            rows.append((name, mode, index if mode != "never" else "-", rep, free, time.time() - started, answered))
             (out / f"{name}-{mode}.report.json").write_text(json.dumps({**rep.to_dict(), "free_parse_rate": free},
                                                                        indent=1))
+        deltas.append((name, retrieval_effect(out / f"{name}-never.jsonl", out / f"{name}-always.jsonl", units,
+                                              gold, langs)))
     print(f"model {args.model}, critique {rag.mode}, k={args.k}, {args.questions} questions per set and language, "
           f"greedy, max_new_tokens {args.max_new_tokens}, {args.units_per_batch} units per batch")
     head = " | ".join(f"{lang} parsed | {lang} acc" for lang in langs)
     print(f"| set | retrieval | index | {head} | vote acc | consistency | seconds/unit |")
     print("|---|---|---|" + "---:|" * (2 * len(langs) + 3))
     for name, mode, index, rep, free, secs, n in rows:
+        per_unit = f"{secs / n:.1f}" if n > 0 else "-"  # nothing answered: every unit was on disk
         cells = " | ".join(f"{100 * free[lang]:.0f}% | {100 * rep.accuracy[lang]:.1f}" for lang in langs)
         print(f"| {name} | {mode} | {Path(index).name if index != '-' else '-'} | {cells} | "
-              f"{100 * rep.vote_accuracy:.1f} | {100 * (rep.consistency or 0):.1f} | {secs / max(n, 1):.1f} |")
+              f"{100 * rep.vote_accuracy:.1f} | {100 * (rep.consistency or 0):.1f} | {per_unit} |")
+    for name, effect in deltas:
+        if effect:
+            print(f"{name}, always - never, paired bootstrap over the {args.questions} questions (1000 resamples, "
+                  "95% interval): " + "; ".join(f"{m} {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                                               for m, (d, lo, hi) in effect.items()))
+
+
+def retrieval_effect(never: Path, always: Path, units, gold, langs) -> dict | None:
+    """Paired-bootstrap change from no retrieval to retrieval, when both runs cover these units."""
+    from calm_rag.evaluate import bootstrap_deltas, table_metrics
+    from calm_rag.records import Generation, read_jsonl
+
+    keys = {(q.id, q.lang) for q in units}
+    runs = [[g for g in read_jsonl(f, Generation) if (g.question_id, g.lang) in keys] if f.is_file() else []
+            for f in (never, always)]
+    if any({(g.question_id, g.lang) for g in run} != keys for run in runs):
+        return None
+    return bootstrap_deltas(runs[0], runs[1], gold, table_metrics(langs), langs=langs)
 
 
 if __name__ == "__main__":
