@@ -714,8 +714,10 @@ def _run_generating(session: ShellSession, line: str, console: Console) -> Rende
     cancelled = False
     try:
         with Live(view, console=console, transient=True, refresh_per_second=8):
-            while worker.is_alive() or not events.empty():
-                try:
+            while True:
+                try:  # the loop test is inside: a Ctrl-C landing there must cancel too, not abandon the worker
+                    if not (worker.is_alive() or not events.empty()):
+                        break
                     try:
                         kind, payload = events.get(timeout=0.05)
                         view.apply(kind, payload)

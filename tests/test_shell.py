@@ -156,7 +156,11 @@ def test_shell_in_terminal(tiny_lm_dir, shell_index, tmp_path):
     log = []
 
     def expect(pattern, timeout=-1):
-        child.expect(pattern, timeout=timeout)
+        try:
+            child.expect(pattern, timeout=timeout)
+        except pexpect.TIMEOUT:
+            raise AssertionError(f"no {pattern!r}; the session so far:\n" + "".join(log)[-3000:]
+                                 + plain(child.before or "")) from None
         log.append(plain(child.before + child.after))
         return log[-1]
 
