@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import signal
 import sys
 import threading
 import time
@@ -820,6 +821,9 @@ def run_shell(index: str | Path | None = None, model: str | None = None, adapter
             if session.done:
                 break
         return 0
+    # Ctrl-C must cancel even when we were started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and Python then leaves it so)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prompt = _prompt_session(session, console)
     while not session.done:
         try:
