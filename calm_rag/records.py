@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -230,8 +231,6 @@ class JsonlAppender:
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file, read in blocks (model weights and corpora are large)."""
-    import hashlib
-
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         while block := fh.read(chunk):

@@ -717,7 +717,7 @@ def _run_generating(session: ShellSession, line: str, console: Console) -> Rende
         with Live(view, console=console, transient=True, refresh_per_second=8):
             while True:
                 try:  # the loop test is inside: a Ctrl-C landing there must cancel too, not abandon the worker
-                    if not (worker.is_alive() or not events.empty()):
+                    if not worker.is_alive() and events.empty():
                         break
                     try:
                         kind, payload = events.get(timeout=0.05)

@@ -48,6 +48,7 @@ def main() -> None:
 
     import torch
 
+    from calm_rag import selfrag
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import Generator
     from calm_rag.pipeline import load_retriever
@@ -73,8 +74,6 @@ def main() -> None:
         if args.fixed_length:
             return len(texts) * args.max_new_tokens
         return sum(len(gen.tokenizer.encode(t.split(eos)[0] if eos else t, add_special_tokens=False)) for t in texts)
-
-    from calm_rag import selfrag
 
     gen.generate([gen.chat_prompt("hi")], GenerateConfig(n=1, max_new_tokens=4))  # warm-up
     # the prompts exactly as the sampler builds them (retrieval once, outside both timings)
