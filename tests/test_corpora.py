@@ -130,7 +130,8 @@ def test_documents_are_validated_too():
 def test_chunks_fit_overlap_and_keep_metadata(tiny_encoder):
     sentences = [f"Sentence {i} says the heart pumps blood to organ {i}." for i in range(40)]
     d = Document("long", "Heart", " ".join(sentences), "en", "src")
-    cfg = ChunkConfig(max_tokens=60, overlap_tokens=25)  # a sentence is 23 tiny tokens: 2 per chunk, 1 shared
+    n = tiny_encoder.count_tokens(sentences[12])  # tokens of a sentence with a two-digit number
+    cfg = ChunkConfig(max_tokens=2 * n + 4, overlap_tokens=n + 2)  # 2 sentences per chunk, 1 shared
     chunks = list(chunk_documents([d, Document("short", "S", "tiny text", "en", "src")], tiny_encoder, cfg))
     long = [c for c in chunks if c.doc_id == "long"]
     assert len(long) > 3
