@@ -1,0 +1,96 @@
+"""The results report of finished CALM runs: one markdown section, one metrics JSON and one PNG per run.
+
+For each run folder (what `calm-rag calm run CONFIG --run DIR` leaves) it reads the manifest
+(config, seeds, pairs per language, stage timings) and the evaluation's generations, and
+reports accuracy per language, vote accuracy and consistency for every evaluated model and
+retrieval mode, plus paired-bootstrap changes over the eval questions (95 % interval):
+CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
+
+    python scripts/results_report.py runs/xcsqa-6lang --out docs/results
+    python scripts/results_report.py runs/* --out docs/results --n-boot 2000
+
+Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics and deltas, no generations) and
+`<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from calm_rag.evaluate import bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports
+from calm_rag.pipeline import Run, load_run_config
+from calm_rag.records import Generation, atomic_write_text, read_jsonl
+
+# (before, after, what the change measures)
+COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
+               ("base-never", "calm-never", "CALM - base, zero-shot (no retrieval)"),
+               ("base-adaptive", "calm-adaptive", "CALM - base, adaptive retrieval"),
+               ("calm-never", "calm-always", "CALM model: retrieval - zero-shot"),
+               ("base-never", "base-always", "base model: retrieval - zero-shot")]
+
+
+def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if "eval" not in manifest.get("stages", {}):
+        raise SystemExit(f"{folder}: no eval stage in manifest.json; finish the run first "
+                         f"(calm-rag calm run CONFIG --run {folder})")
+    config = manifest["config"]
+    run = Run(folder, load_run_config(None, **{k: v for k, v in config.items() if k != "index_recipe"}))
+    train_qs, eval_qs = run.questions()
+    gold = {q.id: q.gold for q in eval_qs}
+    langs = list(config["calm"]["languages"])
+    names = manifest["stages"]["eval"]["runs"]
+    reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
+    gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
+    deltas = {}
+    for before, after, label in COMPARISONS:
+        if before in gens and after in gens:
+            deltas[f"{after} vs {before}"] = (label, bootstrap_deltas(gens[before], gens[after], gold, n_boot=n_boot,
+                                                                      seed=seed, langs=langs))
+    stages = manifest["stages"]
+    name = folder.name
+    plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
+    md = [f"### {name}", "",
+          f"Generator `{config['model']['generator']}`, languages {', '.join(langs)}; "
+          f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
+          f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
+          f"{config['generate']['max_new_tokens']} new tokens, k={config['selfrag']['top_k']} passages from "
+          f"`{Path(config['selfrag']['index']).name}` (retrieval {config['selfrag']['retrieval']}); "
+          f"{stages.get('train', {}).get('steps', '–')} DPO steps. Seeds: sampling {config['generate']['seed']}, "
+          f"training {config['train']['seed']}, split {config['data']['split_seed']}"
+          f"{' (split file ' + Path(config['data']['split']).name + ')' if config['data'].get('split') else ''}, "
+          f"bootstrap {seed} ({n_boot} resamples over eval questions).", "",
+          "Pairs per language: " + ", ".join(f"{k} {v}" for k, v in stages.get("pairs", {}).get("per_lang", {}).items())
+          + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
+          + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
+          markdown_table(reports), f"![{name}]({name}.png)", ""]
+    for key, (label, d) in deltas.items():
+        before, after = key.split(" vs ")[1], key.split(" vs ")[0]
+        md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]
+    text = "\n".join(md)
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({
+        "run": name, "config": config, "stages": stages, "versions": manifest.get("versions"),
+        "reports": {n: r.to_dict() for n, r in reports.items()},
+        "deltas": {k: {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
+                   for k, (label, d) in deltas.items()},
+        "bootstrap": {"n_boot": n_boot, "seed": seed}}, indent=2, ensure_ascii=False) + "\n")
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders with a finished eval stage")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for folder in args.runs:
+        print(run_section(folder, args.out, args.n_boot, args.seed))
+
+
+if __name__ == "__main__":
+    main()
