@@ -56,9 +56,9 @@ def test_split_files_reproduce_and_hold_out_whole_questions(shared_dir, tmp_path
     assert ms.main(["--data", str(shared_dir / "data"), "--out", str(REPO / "splits"), "--check"]) == 0
 
 
-RUNS = {"xcsqa-6lang": ("commonsense", "xcsqa", 6), "medqa": ("medical", "medqa-usmle", 3),
-        "medqa-mcmle": ("medical", "medqa-mcmle", 3), "xcsqa-ablation-2": ("commonsense", "xcsqa", 2),
-        "xcsqa-ablation-3": ("commonsense", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense", "xcsqa", 6)}
+RUNS = {"xcsqa-6lang": ("commonsense-lite", "xcsqa", 6), "medqa": ("medical-lite", "medqa-usmle", 3),
+        "medqa-mcmle": ("medical-lite", "medqa-mcmle", 3), "xcsqa-ablation-2": ("commonsense-lite", "xcsqa", 2),
+        "xcsqa-ablation-3": ("commonsense-lite", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense-lite", "xcsqa", 6)}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -72,7 +72,7 @@ def test_run_configs_load(name):
     assert Path(cfg.data.split).is_file()
     for key in ("max_train:", "max_eval:", "n:", "top_k:", "max_new_tokens:", "max_steps:"):
         line = next(x for x in path.read_text().splitlines() if x.strip().startswith(key))
-        assert "# scale: set from measured throughput" in line, line
+        assert "#" in line.split(":", 1)[1], f"{path.name}: say why {key} {line} has this scale"
 
 
 @pytest.mark.parametrize("name", ["xcsqa-ablation-2", "medqa-mcmle"])
