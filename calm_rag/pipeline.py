@@ -24,6 +24,7 @@ from typing import Any
 
 from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
                              require, option, from_mapping, read_yaml)
+from calm_rag.languages import check_lang
 from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, file_sha256, read_jsonl,
                               write_jsonl)
 
@@ -54,9 +55,19 @@ class EvalConfig:
     n: int = option("samples per question and language at evaluation (1 = greedy)", 1)
     retrieval: tuple[str, ...] = option("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
     before_after: bool = option("evaluate the base model and the trained adapter", True)
+    languages: tuple[str, ...] | None = option("languages to evaluate in (None: calm.languages); more than were "
+                                               "trained on measures transfer, as in the paper's ablation", None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retrieval", tuple(self.retrieval))
+        if self.languages is not None:
+            try:
+                langs = tuple(check_lang(x, "eval.languages") for x in self.languages)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            require(len(langs) >= 1 and len(set(langs)) == len(langs),
+                    f"eval.languages={list(self.languages)}; list each language once, or leave it unset")
+            object.__setattr__(self, "languages", langs)
         for mode in self.retrieval:
             require(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
 
@@ -76,6 +87,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def eval_languages(self) -> tuple[str, ...]:
+        return self.eval.languages or self.calm.languages
+
+    @property
+    def all_languages(self) -> tuple[str, ...]:
+        """Training languages, then the languages only evaluated in: the questions are aligned across all."""
+        return tuple(dict.fromkeys(self.calm.languages + self.eval_languages))
 
 
 SECTIONS = {"model": ModelConfig, "generate": GenerateConfig, "selfrag": SelfRagConfig, "calm": CalmConfig,
@@ -121,16 +141,17 @@ def _rel(base: Path, p: str) -> Path:
 
 
 def load_aligned(cfg: RunConfig):
-    """The parallel questions of cfg.calm.languages, mismatches reported (and dropped if configured)."""
+    """The parallel questions of the training and eval languages, mismatches reported (and dropped if
+    configured): one question set for every language, so eval-only languages grade the same questions."""
     from calm_rag.qa import align_parallel, load_questions
 
-    missing = [lang for lang in cfg.calm.languages if lang not in cfg.data.files]
+    missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
     if missing:
         raise ConfigError(f"data.files has no file for language(s) {missing}; add them or drop them from "
-                          f"calm.languages")
+                          f"calm.languages / eval.languages")
     # with a split file, ids are qa.py's own (`xcsqa-train-12`), the ones the split file lists
     dataset = None if cfg.data.split else "q"
-    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset=dataset) for lang in cfg.calm.languages}
+    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset=dataset) for lang in cfg.all_languages}
     aligned = align_parallel(sets)
     for m in aligned.mismatches:
         log.warning("question alignment: %s", m.description)
@@ -305,6 +326,10 @@ class Run:
             if old and old.get(section) != new.get(section):
                 raise ConfigError(f"{self.manifest_path}: the run was started with other {section} settings "
                                   f"({old.get(section)} vs {new.get(section)}); use a new run folder or the same config")
+        if old and old.get("eval", {}).get("languages") != new["eval"]["languages"]:  # questions.jsonl holds them
+            raise ConfigError(f"{self.manifest_path}: the run was started with eval.languages="
+                              f"{old.get('eval', {}).get('languages')}, not {new['eval']['languages']}; use a new "
+                              f"run folder, or calm-rag calm eval --data for other languages")
         self.manifest["config"] = new
         self.manifest.setdefault("versions", _versions())
         self.manifest.setdefault("stages", {})
@@ -326,7 +351,8 @@ class Run:
         if not path.exists():
             aligned = load_aligned(self.cfg)
             train, dev = split_questions(self.cfg, aligned)
-            qs = [q for i in train + dev for q in (aligned.by_lang[lang][i] for lang in self.cfg.calm.languages)]
+            qs = [aligned.by_lang[lang][i] for i in train for lang in self.cfg.calm.languages]
+            qs += [aligned.by_lang[lang][i] for i in dev for lang in self.cfg.eval_languages]
             write_jsonl(path, qs)
             atomic_write_text(split_path, json.dumps({
                 "train": [aligned.ids[i] for i in train], "eval": [aligned.ids[i] for i in dev],
@@ -418,7 +444,7 @@ class Run:
                                    retrieval=mode, gen_cfg=gen_cfg, generator=generator)
                 generator = rag.gen
                 gens = sample_units(rag, eval_qs, out, gen_cfg.n)
-                report = evaluate_generations(gens, gold, langs=list(self.cfg.calm.languages),
+                report = evaluate_generations(gens, gold, langs=list(self.cfg.eval_languages),
                                               meta={"model": self.cfg.model.generator, "run": name, "retrieval": mode,
                                                     "adapter": adapter if model_name == "calm" else None})
                 save_report(report, self.dir / "eval" / f"{name}.json")

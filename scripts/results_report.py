@@ -40,7 +40,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     run = Run(folder, load_run_config(None, **{k: v for k, v in config.items() if k != "index_recipe"}))
     train_qs, eval_qs = run.questions()
     gold = {q.id: q.gold for q in eval_qs}
-    langs = list(config["calm"]["languages"])
+    langs = list(config["eval"].get("languages") or config["calm"]["languages"])
     names = manifest["stages"]["eval"]["runs"]
     reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
     gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
@@ -53,7 +53,8 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     name = folder.name
     plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
     md = [f"### {name}", "",
-          f"Generator `{config['model']['generator']}`, languages {', '.join(langs)}; "
+          f"Generator `{config['model']['generator']}`, trained in {', '.join(config['calm']['languages'])}, "
+          f"evaluated in {', '.join(langs)}; "
           f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
           f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
           f"{config['generate']['max_new_tokens']} new tokens, k={config['selfrag']['top_k']} passages from "

@@ -67,6 +67,32 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
         Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"units_per_batch": 1}))
 
 
+def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+    """The paper's ablation: train on en+zh, evaluate on en, zh and fr, on the same questions."""
+    from calm_rag.config import ConfigError
+    from calm_rag.pipeline import demo_files
+
+    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
+               generate={"max_new_tokens": 4}, eval={"languages": ("en", "zh", "fr"), "retrieval": ("never",)})
+    run = Run(tmp_path / "run", cfg)
+    train_qs, eval_qs = run.questions()
+    assert {q.lang for q in train_qs} == {"en", "zh"} and len(train_qs) == 3 * 2
+    assert [q.lang for q in eval_qs] == ["en", "zh", "fr"] * 2
+    assert {q.id for q in eval_qs} == {q.id for q in Run(tmp_path / "all3", _cfg(
+        tiny_lm_dir, tiny_embedder_path, index_dir)).questions()[1]}  # the eval questions of a 3-language run
+    report = run.evaluate(which=("base",))["base-never"]
+    assert report.langs == ["en", "zh", "fr"] and report.n_samples == 6
+    with pytest.raises(ConfigError, match=r"eval\.languages=\['en', 'zh', 'fr'\], not \['en', 'zh'\]"):
+        Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
+                          generate={"max_new_tokens": 4}, eval={"languages": ("en", "zh")}))
+    with pytest.raises(ConfigError, match=r"data\.files has no file for language\(s\) \['de'\]"):
+        files = {lang: path for lang, path in demo_files().items() if lang in ("en", "zh")}
+        Run(tmp_path / "de", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
+                                  data={"files": files}, eval={"languages": ("en", "de")})).questions()
+    with pytest.raises(ConfigError, match="list each language once"):
+        _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, eval={"languages": ("en", "en")})
+
+
 def _check_results_report(run_dir, out):
     """scripts/results_report.py on a finished run: tables, bootstrap deltas, plot and metrics JSON."""
     import importlib.util

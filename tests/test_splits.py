@@ -66,7 +66,9 @@ def test_run_configs_load(name):
     index, split, n_langs = RUNS[name]
     path = REPO / "scripts" / "runs" / f"{name}.yaml"
     cfg = load_run_config(path)
-    assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.calm.languages)
+    assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.all_languages)
+    if name.startswith("xcsqa"):  # every X-CSQA run is graded in all six languages, trained in fewer or all
+        assert set(cfg.eval_languages) == {"en", "zh", "fr", "de", "it", "ja"}
     assert Path(cfg.selfrag.index).resolve() == REPO / "indexes" / index
     assert Path(cfg.data.split).resolve() == REPO / "splits" / f"{split}.json"
     assert Path(cfg.data.split).is_file()
@@ -85,7 +87,7 @@ def test_run_configs_split_real_data(shared_dir, tmp_path, name):
     assert [aligned.ids[i] for i in dev] == doc["dev"][:cfg.data.max_eval]
     train_qs, eval_qs = Run(tmp_path / "run", cfg).questions()
     assert {q.id for q in eval_qs} <= set(doc["dev"]) and {q.id for q in train_qs} <= set(doc["train"])
-    assert {q.lang for q in eval_qs} == set(cfg.calm.languages)
+    assert {q.lang for q in eval_qs} == set(cfg.eval_languages) and {q.lang for q in train_qs} == set(cfg.calm.languages)
 
 
 def _demo_split_cfg(tmp_path, train, dev, **data):
