@@ -26,6 +26,18 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_languages(langs, where: str) -> tuple[str, ...]:
+    """A non-empty list of known language codes, each once (calm.languages, eval.languages)."""
+    given = tuple(langs)
+    try:
+        checked = tuple(check_lang(x, where) for x in given)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    require(len(checked) >= 1, f"{where} is empty; list at least one language")
+    require(len(set(checked)) == len(checked), f"{where} repeats a language: {given}")
+    return checked
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     generator: str = option("generator: packaged name, local folder or hub id", DEFAULT_GENERATOR)
@@ -93,13 +105,7 @@ class CalmConfig:
     max_questions: int | None = option("use only the first N questions (None: all)", None)
 
     def __post_init__(self) -> None:
-        langs = tuple(self.languages)
-        try:
-            object.__setattr__(self, "languages", tuple(check_lang(x, "calm.languages") for x in langs))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        require(len(self.languages) >= 1, "calm.languages is empty; list at least one language")
-        require(len(set(self.languages)) == len(self.languages), f"calm.languages repeats a language: {langs}")
+        object.__setattr__(self, "languages", check_languages(self.languages, "calm.languages"))
         require(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
         require(self.max_questions is None or self.max_questions >= 1,
                f"calm.max_questions={self.max_questions}; use a positive number or leave it unset")

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
-                             require, option, from_mapping, read_yaml)
-from calm_rag.languages import check_lang
+                             check_languages, require, option, from_mapping, read_yaml)
 from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, file_sha256, read_jsonl,
                               write_jsonl)
 
@@ -61,13 +60,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "retrieval", tuple(self.retrieval))
         if self.languages is not None:
-            try:
-                langs = tuple(check_lang(x, "eval.languages") for x in self.languages)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            require(len(langs) >= 1 and len(set(langs)) == len(langs),
-                    f"eval.languages={list(self.languages)}; list each language once, or leave it unset")
-            object.__setattr__(self, "languages", langs)
+            object.__setattr__(self, "languages", check_languages(self.languages, "eval.languages"))
         for mode in self.retrieval:
             require(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
 

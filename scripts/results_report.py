@@ -40,15 +40,13 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     run = Run(folder, load_run_config(None, **{k: v for k, v in config.items() if k != "index_recipe"}))
     train_qs, eval_qs = run.questions()
     gold = {q.id: q.gold for q in eval_qs}
-    langs = list(config["eval"].get("languages") or config["calm"]["languages"])
+    langs = list(run.cfg.eval_languages)
     names = manifest["stages"]["eval"]["runs"]
     reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
     gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
-    deltas = {}
-    for before, after, label in COMPARISONS:
-        if before in gens and after in gens:
-            deltas[f"{after} vs {before}"] = (label, bootstrap_deltas(gens[before], gens[after], gold, n_boot=n_boot,
-                                                                      seed=seed, langs=langs))
+    deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, n_boot=n_boot, seed=seed,
+                                                      langs=langs))
+              for before, after, label in COMPARISONS if before in gens and after in gens]
     stages = manifest["stages"]
     name = folder.name
     plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
@@ -67,16 +65,15 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
           + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
-    for key, (label, d) in deltas.items():
-        before, after = key.split(" vs ")[1], key.split(" vs ")[0]
+    for before, after, label, d in deltas:
         md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]
     text = "\n".join(md)
     atomic_write_text(out / f"{name}.md", text)
     atomic_write_text(out / f"{name}.json", json.dumps({
         "run": name, "config": config, "stages": stages, "versions": manifest.get("versions"),
         "reports": {n: r.to_dict() for n, r in reports.items()},
-        "deltas": {k: {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
-                   for k, (label, d) in deltas.items()},
+        "deltas": {f"{after} vs {before}": {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
+                   for before, after, label, d in deltas},
         "bootstrap": {"n_boot": n_boot, "seed": seed}}, indent=2, ensure_ascii=False) + "\n")
     return text
 

@@ -89,7 +89,7 @@ def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tin
         files = {lang: path for lang, path in demo_files().items() if lang in ("en", "zh")}
         Run(tmp_path / "de", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
                                   data={"files": files}, eval={"languages": ("en", "de")})).questions()
-    with pytest.raises(ConfigError, match="list each language once"):
+    with pytest.raises(ConfigError, match=r"eval\.languages repeats a language: \('en', 'en'\)"):
         _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, eval={"languages": ("en", "en")})
 
 
