@@ -90,17 +90,22 @@ class EvalReport:
         kind, lang = _parse_metric(name)
         if lang is None:
             return getattr(self, kind)
-        return getattr(self, kind).get(lang)
+        values, group = getattr(self, kind), lang.split("+")
+        if any(values.get(x) is None for x in group):
+            return None
+        weights = [self.samples_per_lang.get(x, 0) for x in group]  # a group "en+zh" pools its samples
+        return sum(values[x] * w for x, w in zip(group, weights)) / sum(weights) if sum(weights) else None
 
 
 def _parse_metric(name: str) -> tuple[str, str | None]:
     kind, sep, lang = name.partition(":")
     if kind in GLOBAL_METRICS and not sep:
         return kind, None
-    if kind in PER_LANG_METRICS and lang:
+    if kind in PER_LANG_METRICS and lang and ("+" not in lang or kind != "majority_accuracy"):
         return kind, lang
     raise EvalError(f"unknown metric {name!r}: use vote_accuracy, consistency, or "
-                    f"{', '.join(k + ':<lang>' for k in PER_LANG_METRICS)} (e.g. accuracy:en)")
+                    f"{', '.join(k + ':<lang>' for k in PER_LANG_METRICS)} (e.g. accuracy:en; accuracy and "
+                    f"parse_rate also pool a group, e.g. accuracy:en+zh)")
 
 
 def table_metrics(langs: Sequence[str]) -> list[str]:
@@ -250,13 +255,15 @@ def _components(prep: _Prepared, gold: Mapping[str, str | None], qids: Sequence[
                 settings: Mapping[str, Any]) -> tuple[list[float], list[float]]:
     """Per question (numerator, denominator) whose ratio of sums is the report's metric."""
     kind, lang = _parse_metric(metric)
-    if lang is not None and lang not in prep.langs:
-        raise EvalError(f"metric {metric!r}: language {lang} is not among the evaluated {prep.langs}")
+    group = lang.split("+") if lang is not None else []
+    missing = [x for x in group if x not in prep.langs]
+    if missing:
+        raise EvalError(f"metric {metric!r}: language {missing[0]} is not among the evaluated {prep.langs}")
     vote_kw = {"tie_break": settings["tie_break"], "weighting": settings["weighting"]}
     nums, dens = [], []
     for qid in qids:
         gs = prep.by_q[qid]
-        mine = [g for g in gs if g.lang == lang]
+        mine = [g for g in gs if g.lang in group]
         num: float
         if kind == "accuracy":
             num, den = sum(g.letter == gold[qid] for g in mine), len(mine)

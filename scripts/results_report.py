@@ -8,6 +8,7 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
 
     python scripts/results_report.py runs/xcsqa-6lang --out docs/results
     python scripts/results_report.py runs/* --out docs/results --n-boot 2000
+    python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json
 
 Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics and deltas, no generations) and
 `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
-from calm_rag.evaluate import bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports
+from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
+                               table_metrics)
 from calm_rag.pipeline import Run, load_run_config
 from calm_rag.records import Generation, atomic_write_text, read_jsonl
 
@@ -29,6 +32,43 @@ COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
                ("base-adaptive", "calm-adaptive", "CALM - base, adaptive retrieval"),
                ("calm-never", "calm-always", "CALM model: retrieval - zero-shot"),
                ("base-never", "base-always", "base model: retrieval - zero-shot")]
+
+
+def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> list[str]:
+    """Pooled accuracy over the training languages and over the languages only evaluated in (transfer)."""
+    held_out = [x for x in evaluated if x not in trained]
+    return [f"accuracy:{'+'.join(x for x in evaluated if x in trained)}"] + (
+        [f"accuracy:{'+'.join(held_out)}"] if held_out else [])
+
+
+def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always") -> str:
+    """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency.
+
+    Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
+    show the plain difference of the reports and no interval.
+    """
+    rows = ["| run | trained in | pairs | Δ acc trained | Δ acc held out | Δ vote acc | Δ consistency |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for path in files:
+        data = json.loads(path.read_text())
+        if comparison not in data["deltas"]:
+            raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
+        before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
+        stored = data["deltas"][comparison]["metrics"]
+        trained = data["config"]["calm"]["languages"]
+        groups = group_metrics(trained, after.langs)
+        cells = []
+        for metric in [groups[0], groups[1] if len(groups) > 1 else None, "vote_accuracy", "consistency"]:
+            if metric is None:
+                cells.append("–")
+            elif metric in stored:
+                d, lo, hi = stored[metric]
+                cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+            else:
+                cells.append(f"{100 * (after.metric(metric) - before.metric(metric)):+.1f} (no CI)")
+        pairs = data["stages"].get("pairs", {}).get("pairs", "–")
+        rows.append(f"| {data['run']} | {', '.join(trained)} | {pairs} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
@@ -44,8 +84,9 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     names = manifest["stages"]["eval"]["runs"]
     reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
     gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
-    deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, n_boot=n_boot, seed=seed,
-                                                      langs=langs))
+    metrics = table_metrics(langs) + group_metrics(run.cfg.calm.languages, langs)
+    deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, metrics, n_boot=n_boot,
+                                                      seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
     stages = manifest["stages"]
     name = folder.name
@@ -80,11 +121,18 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="run folders with a finished eval stage")
+    ap.add_argument("runs", nargs="*", type=Path, help="run folders with a finished eval stage")
+    ap.add_argument("--ablation", nargs="+", type=Path, metavar="JSON",
+                    help="instead: one table of CALM - base (retrieval always) over these metrics files")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.ablation:
+        print(ablation_table(args.ablation))
+        return
+    if not args.runs:
+        ap.error("give run folders, or --ablation with metrics files")
     args.out.mkdir(parents=True, exist_ok=True)
     for folder in args.runs:
         print(run_section(folder, args.out, args.n_boot, args.seed))

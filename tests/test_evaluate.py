@@ -116,6 +116,24 @@ def test_bootstrap_matches_reports_and_brackets_delta():
     assert bootstrap_delta(before, after, GOLD_RANDOM, "consistency", n_boot=500, seed=1) != again
 
 
+def test_language_group_metrics_pool_samples():
+    r = evaluate_generations(gens_from(LETTERS), GOLD)
+    assert r.metric("accuracy:en+zh") == pytest.approx((5 + 3) / 12)  # pooled, = mean at equal counts
+    assert r.metric("parse_rate:zh+fr") == pytest.approx((6 + 2) / 12)
+    assert r.metric("accuracy:en+ja") is None  # ja was not evaluated
+    with pytest.raises(EvalError, match="group"):
+        r.metric("majority_accuracy:en+zh")  # a majority over a group would be a vote, not a mean
+    before, after = gens_from(random_letters(40, 0.4, 1)), gens_from(random_letters(40, 0.7, 2))
+    rb, ra = evaluate_generations(before, GOLD_RANDOM), evaluate_generations(after, GOLD_RANDOM)
+    delta, lo, hi = bootstrap_delta(before, after, GOLD_RANDOM, "accuracy:zh+fr", n_boot=300)
+    assert delta == pytest.approx(ra.metric("accuracy:zh+fr") - rb.metric("accuracy:zh+fr"))
+    assert delta == pytest.approx((ra.metric("accuracy:zh") + ra.metric("accuracy:fr")
+                                   - rb.metric("accuracy:zh") - rb.metric("accuracy:fr")) / 2)
+    assert 0 < lo < delta < hi
+    with pytest.raises(EvalError, match="language ja"):
+        bootstrap_delta(before, after, GOLD_RANDOM, "accuracy:en+ja")
+
+
 def test_bootstrap_is_paired_by_question():
     before = gens_from(random_letters(40, 0.5, 3))
     # identical runs: an unpaired bootstrap would give a nonzero spread; a paired one cannot

@@ -114,6 +114,19 @@ def _check_results_report(run_dir, out):
     assert change == pytest.approx(calm["accuracy"]["en"] - base["accuracy"]["en"])
     assert "| calm-never |" in text and "95% CI" in text and metrics["bootstrap"] == {"n_boot": 50, "seed": 0}
     assert (out / f"{run_dir.name}.png").stat().st_size > 0 and (out / f"{run_dir.name}.md").read_text() == text
+    # the ablation table: pooled accuracy over the trained languages, with the stored interval
+    d, lo, hi = metrics["deltas"]["calm-always vs base-always"]["metrics"]["accuracy:en+zh+fr"]
+    assert d == pytest.approx(sum(calm["accuracy"][x] - base["accuracy"][x] for x in ("en", "zh", "fr")) / 3)
+    row = module.ablation_table([out / f"{run_dir.name}.json"]).splitlines()[2]
+    assert row.startswith(f"| {run_dir.name} | en, zh, fr | {metrics['stages']['pairs']['pairs']} | "
+                          f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | – |")
+    # trained in en only, written before the pooled metrics existed: plain differences, no interval
+    old = json.loads(json.dumps(metrics))
+    old["config"]["calm"]["languages"] = ["en"]
+    old["deltas"]["calm-always vs base-always"]["metrics"].pop("accuracy:en+zh+fr")
+    (out / "old.json").write_text(json.dumps(old))
+    held_out = (calm["accuracy"]["zh"] + calm["accuracy"]["fr"] - base["accuracy"]["zh"] - base["accuracy"]["fr"]) / 2
+    assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table([out / "old.json"])
 
 
 def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
