@@ -95,13 +95,9 @@ def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tin
 
 def _check_results_report(run_dir, out):
     """scripts/results_report.py on a finished run: tables, bootstrap deltas, plot and metrics JSON."""
-    import importlib.util
-    from pathlib import Path
+    from tests.fixtures.scripts import load_script
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "results_report.py"
-    spec = importlib.util.spec_from_file_location("results_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("results_report")
     text = module.run_section(run_dir, out, n_boot=50, seed=0)
     metrics = json.loads((out / f"{run_dir.name}.json").read_text())
     assert set(metrics["deltas"]) == {"calm-always vs base-always", "calm-never vs base-never",

@@ -1,6 +1,5 @@
 """The one-time train/dev splits (scripts/make_splits.py, splits/*.json) and the run configs that use them."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,15 +7,13 @@ import pytest
 
 from calm_rag.config import ConfigError
 from calm_rag.pipeline import Run, load_aligned, load_run_config, split_questions
+from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _make_splits():
-    spec = importlib.util.spec_from_file_location("make_splits", REPO / "scripts" / "make_splits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("make_splits")
 
 
 def test_split_ids_by_question():
