@@ -24,7 +24,7 @@ from pathlib import Path
 from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
                                table_metrics)
 from calm_rag.pipeline import Run, load_run_config
-from calm_rag.records import Generation, atomic_write_text, read_jsonl
+from calm_rag.records import Generation, Vote, atomic_write_text, read_jsonl
 
 # (before, after, what the change measures)
 COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
@@ -47,8 +47,8 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
     Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
     show the plain difference of the reports and no interval.
     """
-    rows = ["| run | trained in | pairs | Δ acc trained | Δ acc held out | Δ vote acc | Δ consistency |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| run | trained in | votes right | pairs | Δ acc trained | Δ acc held out | Δ vote acc | Δ consistency |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for path in files:
         data = json.loads(path.read_text())
         if comparison not in data["deltas"]:
@@ -67,8 +67,20 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
             else:
                 cells.append(f"{100 * (after.metric(metric) - before.metric(metric)):+.1f} (no CI)")
         pairs = data["stages"].get("pairs", {}).get("pairs", "–")
-        rows.append(f"| {data['run']} | {', '.join(trained)} | {pairs} | " + " | ".join(cells) + " |")
+        signal = data.get("training_signal")
+        right = f"{signal['votes_right']}/{signal['votes']}" if signal else "–"
+        rows.append(f"| {data['run']} | {', '.join(trained)} | {right} | {pairs} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def training_signal(folder: Path, train_qs) -> dict[str, int]:
+    """How often the cross-lingual vote and the training samples were right: CALM learns from the vote."""
+    gold = {q.id: q.gold for q in train_qs}
+    votes = list(read_jsonl(folder / "votes.jsonl", Vote))
+    samples = list(read_jsonl(folder / "generations.jsonl", Generation))
+    return {"votes": len(votes), "votes_right": sum(v.winner == gold[v.question_id] for v in votes),
+            "vote_ties": sum(v.tie for v in votes), "samples": len(samples),
+            "samples_right": sum(g.letter == gold[g.question_id] for g in samples)}
 
 
 def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
@@ -89,6 +101,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
                                                       seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
     stages = manifest["stages"]
+    signal = training_signal(folder, train_qs)
     name = folder.name
     plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
     md = [f"### {name}", "",
@@ -105,6 +118,9 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           "Pairs per language: " + ", ".join(f"{k} {v}" for k, v in stages.get("pairs", {}).get("per_lang", {}).items())
           + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
           + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
+          f"Training signal: the cross-lingual vote matched the gold answer for {signal['votes_right']} of "
+          f"{signal['votes']} training questions ({signal['vote_ties']} ties broken by order); "
+          f"{signal['samples_right']} of {signal['samples']} training samples were right.", "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
     for before, after, label, d in deltas:
         md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]
@@ -115,7 +131,10 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
         "reports": {n: r.to_dict() for n, r in reports.items()},
         "deltas": {f"{after} vs {before}": {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
                    for before, after, label, d in deltas},
-        "bootstrap": {"n_boot": n_boot, "seed": seed}}, indent=2, ensure_ascii=False) + "\n")
+        "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
+        # the graded letters, enough to recompute any metric or interval without the run folder
+        "gold": gold, "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
+    }, indent=2, ensure_ascii=False) + "\n")
     return text
 
 

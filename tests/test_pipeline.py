@@ -113,8 +113,23 @@ def _check_results_report(run_dir, out):
     # the ablation table: pooled accuracy over the trained languages, with the stored interval
     d, lo, hi = metrics["deltas"]["calm-always vs base-always"]["metrics"]["accuracy:en+zh+fr"]
     assert d == pytest.approx(sum(calm["accuracy"][x] - base["accuracy"][x] for x in ("en", "zh", "fr")) / 3)
+    signal = metrics["training_signal"]
+    assert (signal["votes"], signal["samples"]) == (3, 27)  # 3 questions; x 3 languages x n=3
+    gold_train = {json.loads(line)["id"]: json.loads(line)["gold"]
+                  for line in (run_dir / "questions.jsonl").read_text().splitlines()}
+    votes = [json.loads(line) for line in (run_dir / "votes.jsonl").read_text().splitlines()]
+    assert signal["votes_right"] == sum(v["winner"] == gold_train[v["question_id"]] for v in votes)
+    # the stored letters reproduce the stored report
+    from calm_rag.evaluate import evaluate_generations
+    from calm_rag.records import Generation
+
+    again = evaluate_generations([Generation(q, lang, k, "", letter) for q, lang, k, letter
+                                  in metrics["answers"]["calm-never"]], metrics["gold"], langs=["en", "zh", "fr"])
+    assert again.to_dict()["accuracy"] == metrics["reports"]["calm-never"]["accuracy"]
+    assert again.consistency == metrics["reports"]["calm-never"]["consistency"]
     row = module.ablation_table([out / f"{run_dir.name}.json"]).splitlines()[2]
-    assert row.startswith(f"| {run_dir.name} | en, zh, fr | {metrics['stages']['pairs']['pairs']} | "
+    assert row.startswith(f"| {run_dir.name} | en, zh, fr | {signal['votes_right']}/3 | "
+                          f"{metrics['stages']['pairs']['pairs']} | "
                           f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | – |")
     # trained in en only, written before the pooled metrics existed: plain differences, no interval
     old = json.loads(json.dumps(metrics))
