@@ -22,14 +22,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import Generation, Question, atomic_write_text
+from .records import Generation, Question, atomic_file, atomic_write_text
 from .vote import (UNPARSEABLE, answer_accuracy, consistency, language_answers, majority_vote,
                    question_consistency, sample_accuracy, vote_accuracy, vote_all, vote_stats)
 
@@ -419,15 +418,8 @@ def plot_reports(reports: Mapping[str, EvalReport], path: str | Path, title: str
     ax.set_title(title or "Accuracy per language, vote accuracy and consistency")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     return path
 
 

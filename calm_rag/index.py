@@ -27,7 +27,7 @@ import numpy as np
 
 from calm_rag.corpora import (ChunkConfig, CorpusSource, chunk_documents, corpus_files, load_documents,
                               passage_embed_text)
-from calm_rag.records import Passage, RecordError, atomic_write_text, file_sha256, read_jsonl, write_jsonl
+from calm_rag.records import Passage, RecordError, atomic_file, atomic_write_text, file_sha256, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,6 @@ def make_faiss_index(vectors: np.ndarray, factory: str = "Flat", *, train_size: 
 
 # ---------------------------------------------------------------- build
 
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
 
 def _embed_resumable(texts: list[str], encoder: Any, emb_dir: Path, cfg: IndexConfig,
                      on_batch: Callable[[int, int], None] | None, progress: bool) -> np.ndarray:
@@ -171,7 +163,8 @@ def _embed_resumable(texts: list[str], encoder: Any, emb_dir: Path, cfg: IndexCo
                 batches += 1
                 if on_batch is not None:
                     on_batch(batches, lo + b + len(idx))
-            _save_npy_atomic(emb_dir / f"shard-{s:05d}.npy", out)
+            with atomic_file(emb_dir / f"shard-{s:05d}.npy", "wb") as fh:
+                np.save(fh, out, allow_pickle=False)
             shards.append(out)
     return np.concatenate(shards) if shards else np.zeros((0, dim), dtype=np.float32)
 

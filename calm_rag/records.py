@@ -8,9 +8,10 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 
 class RecordError(ValueError):
@@ -173,23 +174,34 @@ def _dumps(record: Any) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
-    """Write all records atomically (temp file + rename); returns the count."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """A file that appears at `path` complete or not at all: written to a temp file beside it, synced,
+    renamed on success and removed on error. Permissions follow the umask like open() (not mkstemp's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    n = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(_dumps(record) + "\n")
-                n += 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
+    """Write all records atomically (temp file + rename); returns the count."""
+    n = 0
+    with atomic_file(path) as fh:
+        for record in records:
+            fh.write(_dumps(record) + "\n")
+            n += 1
     return n
 
 
@@ -240,15 +252,5 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file via temp file + rename so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(text)

@@ -54,3 +54,21 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         write_jsonl(path, boom())
     assert [g.question_id for g in read_jsonl(path, Generation)] == ["q0"]
     assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"]
+
+
+def test_atomic_files_get_umask_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    from calm_rag.records import atomic_file, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "x\n")
+        with atomic_file(tmp_path / "plot.png", "wb") as fh:
+            fh.write(b"\x89PNG")
+    finally:
+        os.umask(old)
+    for name in ("report.md", "plot.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert (tmp_path / "plot.png").read_bytes() == b"\x89PNG"
