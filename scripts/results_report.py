@@ -8,7 +8,8 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
 
     python scripts/results_report.py runs/xcsqa-6lang --out docs/results
     python scripts/results_report.py runs/* --out docs/results --n-boot 2000
-    python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json
+    python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json \
+        --plot docs/results/ablation.png
 
 Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics and deltas, no generations) and
 `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
@@ -24,7 +25,7 @@ from pathlib import Path
 from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
                                table_metrics)
 from calm_rag.pipeline import Run, load_run_config
-from calm_rag.records import Generation, Vote, atomic_write_text, read_jsonl
+from calm_rag.records import Generation, Vote, atomic_file, atomic_write_text, read_jsonl
 
 # (before, after, what the change measures)
 COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
@@ -41,6 +42,55 @@ def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> list[str]
         [f"accuracy:{'+'.join(held_out)}"] if held_out else [])
 
 
+ABLATION_COLUMNS = ("acc trained", "acc held out", "vote acc", "consistency")
+
+
+def ablation_deltas(path: Path, comparison: str) -> tuple[dict, dict[str, tuple[float, float | None, float | None]]]:
+    """A metrics JSON and its CALM - base changes per ABLATION_COLUMNS: (delta, lo, hi), or (delta, None,
+    None) for a pooled accuracy without a stored bootstrap (a file written before they were added)."""
+    data = json.loads(path.read_text())
+    if comparison not in data["deltas"]:
+        raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
+    before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
+    stored = data["deltas"][comparison]["metrics"]
+    groups = group_metrics(data["config"]["calm"]["languages"], after.langs)
+    out = {}
+    for column, metric in zip(ABLATION_COLUMNS, [groups[0], groups[1] if len(groups) > 1 else None,
+                                                 "vote_accuracy", "consistency"]):
+        if metric in stored:
+            out[column] = tuple(stored[metric])
+        elif metric is not None:
+            out[column] = (after.metric(metric) - before.metric(metric), None, None)
+    return data, out
+
+
+def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-always vs base-always") -> None:
+    """Changes with their 95 % intervals, one group of points per metric, one colour per run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, file in enumerate(files):
+        data, deltas = ablation_deltas(file, comparison)
+        for j, column in enumerate(ABLATION_COLUMNS):
+            if column in deltas:
+                d, lo, hi = deltas[column]
+                err = [[100 * (d - lo)], [100 * (hi - d)]] if lo is not None else None
+                ax.errorbar(j + 0.15 * (i - (len(files) - 1) / 2), 100 * d, yerr=err, fmt="o", capsize=4,
+                            color=f"C{i}", label=f"{data['run']} ({len(data['config']['calm']['languages'])} "
+                                                 f"languages)" if j == 0 else None)
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xticks(range(len(ABLATION_COLUMNS)), ABLATION_COLUMNS)
+    ax.set_ylabel("CALM - base (pp), 95 % interval")
+    ax.set_title(f"Language ablation: {comparison}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+
+
 def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always") -> str:
     """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency.
 
@@ -50,22 +100,13 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
     rows = ["| run | trained in | votes right | pairs | Δ acc trained | Δ acc held out | Δ vote acc | Δ consistency |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for path in files:
-        data = json.loads(path.read_text())
-        if comparison not in data["deltas"]:
-            raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
-        before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
-        stored = data["deltas"][comparison]["metrics"]
-        trained = data["config"]["calm"]["languages"]
-        groups = group_metrics(trained, after.langs)
+        data, deltas = ablation_deltas(path, comparison)
         cells = []
-        for metric in [groups[0], groups[1] if len(groups) > 1 else None, "vote_accuracy", "consistency"]:
-            if metric is None:
-                cells.append("–")
-            elif metric in stored:
-                d, lo, hi = stored[metric]
-                cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-            else:
-                cells.append(f"{100 * (after.metric(metric) - before.metric(metric)):+.1f} (no CI)")
+        for column in ABLATION_COLUMNS:
+            d, lo, hi = deltas.get(column, (None, None, None))
+            cells.append("–" if d is None else f"{100 * d:+.1f} (no CI)" if lo is None
+                         else f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        trained = data["config"]["calm"]["languages"]
         pairs = data["stages"].get("pairs", {}).get("pairs", "–")
         signal = data.get("training_signal")
         right = f"{signal['votes_right']}/{signal['votes']}" if signal else "–"
@@ -143,12 +184,15 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path, help="run folders with a finished eval stage")
     ap.add_argument("--ablation", nargs="+", type=Path, metavar="JSON",
                     help="instead: one table of CALM - base (retrieval always) over these metrics files")
+    ap.add_argument("--plot", type=Path, help="with --ablation: also a PNG of the changes and their intervals")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.ablation:
         print(ablation_table(args.ablation))
+        if args.plot:
+            ablation_plot(args.ablation, args.plot)
         return
     if not args.runs:
         ap.error("give run folders, or --ablation with metrics files")

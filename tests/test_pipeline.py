@@ -138,6 +138,8 @@ def _check_results_report(run_dir, out):
     (out / "old.json").write_text(json.dumps(old))
     held_out = (calm["accuracy"]["zh"] + calm["accuracy"]["fr"] - base["accuracy"]["zh"] - base["accuracy"]["fr"]) / 2
     assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table([out / "old.json"])
+    module.ablation_plot([out / f"{run_dir.name}.json", out / "old.json"], out / "ablation.png")
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
