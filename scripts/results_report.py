@@ -11,8 +11,8 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
     python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json \
         --plot docs/results/ablation.png
 
-Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics and deltas, no generations) and
-`<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
+Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics, deltas and the graded letters; no prompts
+or models) and `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
     Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
     show the plain difference of the reports and no interval.
     """
-    rows = ["| run | trained in | votes right | pairs | Δ acc trained | Δ acc held out | Δ vote acc | Δ consistency |",
+    rows = ["| run | trained in | votes right | pairs | "
+            + " | ".join(f"Δ {c}" for c in ABLATION_COLUMNS) + " |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for path in files:
         data, deltas = ablation_deltas(path, comparison)
@@ -160,7 +161,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
           + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
           f"Training signal: the cross-lingual vote matched the gold answer for {signal['votes_right']} of "
-          f"{signal['votes']} training questions ({signal['vote_ties']} ties broken by order); "
+          f"{signal['votes']} training questions ({signal['vote_ties']} of the votes were ties); "
           f"{signal['samples_right']} of {signal['samples']} training samples were right.", "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
     for before, after, label, d in deltas:
@@ -174,7 +175,8 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
                    for before, after, label, d in deltas},
         "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
         # the graded letters, enough to recompute any metric or interval without the run folder
-        "gold": gold, "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
+        "gold": gold,
+        "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
     }, indent=2, ensure_ascii=False) + "\n")
     return text
 

@@ -136,7 +136,7 @@ def _check_results_report(run_dir, out):
     old["config"]["calm"]["languages"] = ["en"]
     old["deltas"]["calm-always vs base-always"]["metrics"].pop("accuracy:en+zh+fr")
     (out / "old.json").write_text(json.dumps(old))
-    held_out = (calm["accuracy"]["zh"] + calm["accuracy"]["fr"] - base["accuracy"]["zh"] - base["accuracy"]["fr"]) / 2
+    held_out = sum(calm["accuracy"][x] - base["accuracy"][x] for x in ("zh", "fr")) / 2
     assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table([out / "old.json"])
     module.ablation_plot([out / f"{run_dir.name}.json", out / "old.json"], out / "ablation.png")
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
