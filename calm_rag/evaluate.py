@@ -90,6 +90,8 @@ class EvalReport:
         if lang is None:
             return getattr(self, kind)
         values, group = getattr(self, kind), lang.split("+")
+        if len(group) == 1:
+            return values.get(lang)
         if any(values.get(x) is None for x in group):
             return None
         weights = [self.samples_per_lang.get(x, 0) for x in group]  # a group "en+zh" pools its samples

@@ -35,11 +35,12 @@ COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
                ("base-never", "base-always", "base model: retrieval - zero-shot")]
 
 
-def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> list[str]:
-    """Pooled accuracy over the training languages and over the languages only evaluated in (transfer)."""
-    held_out = [x for x in evaluated if x not in trained]
-    return [f"accuracy:{'+'.join(x for x in evaluated if x in trained)}"] + (
-        [f"accuracy:{'+'.join(held_out)}"] if held_out else [])
+def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> dict[str, str]:
+    """Pooled accuracy over the evaluated training languages and over the languages only evaluated in
+    (transfer), by ablation column; a column without languages is left out."""
+    groups = {"acc trained": [x for x in evaluated if x in trained],
+              "acc held out": [x for x in evaluated if x not in trained]}
+    return {column: "accuracy:" + "+".join(langs) for column, langs in groups.items() if langs}
 
 
 ABLATION_COLUMNS = ("acc trained", "acc held out", "vote acc", "consistency")
@@ -53,13 +54,13 @@ def ablation_deltas(path: Path, comparison: str) -> tuple[dict, dict[str, tuple[
         raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
     before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
     stored = data["deltas"][comparison]["metrics"]
-    groups = group_metrics(data["config"]["calm"]["languages"], after.langs)
+    metrics = {**group_metrics(data["config"]["calm"]["languages"], after.langs),
+               "vote acc": "vote_accuracy", "consistency": "consistency"}
     out = {}
-    for column, metric in zip(ABLATION_COLUMNS, [groups[0], groups[1] if len(groups) > 1 else None,
-                                                 "vote_accuracy", "consistency"]):
+    for column, metric in metrics.items():
         if metric in stored:
             out[column] = tuple(stored[metric])
-        elif metric is not None:
+        else:
             out[column] = (after.metric(metric) - before.metric(metric), None, None)
     return data, out
 
@@ -138,7 +139,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     names = manifest["stages"]["eval"]["runs"]
     reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
     gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
-    metrics = table_metrics(langs) + group_metrics(run.cfg.calm.languages, langs)
+    metrics = table_metrics(langs) + list(group_metrics(run.cfg.calm.languages, langs).values())
     deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, metrics, n_boot=n_boot,
                                                       seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
