@@ -11,10 +11,14 @@ identical) and we report:
   compares the argmax of both models' retrieval decisions; rates and confusion tables;
 - accuracy per language, teacher (verbalised) vs student (native), the letter SelfRag votes;
 - seconds per question for retrieval decision + answer (native vs verbalised, same passages).
+  `--samples 3` times what CALM sampling does instead (3 samples per passage at `--temperature`):
+  the verbalised critic then scores support and utility for every sample, native critique is read
+  off the sampled tokens; accuracy is then the share of right sampled letters.
 Prints a markdown table; --json also writes every per-passage record.
 
     python scripts/bench_distill.py configs/distill.yaml --questions 2
     python scripts/bench_distill.py configs/distill-xcsqa.yaml --questions 50 --json runs/bench_distill.json
+    python scripts/bench_distill.py configs/distill-xcsqa-cpu.yaml --questions 5 --samples 3
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ def run(args) -> dict:
     gcfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     student = SelfRag(Generator.load(str(student_dir), device=cfg.device), retriever,
                       SelfRagConfig(retrieval="adaptive", threshold=0.5, top_k=cfg.top_k, critique="native"), gcfg)
+    if args.samples > 1:  # the timed answers sample as CALM does; labels and well-formedness stay greedy
+        timed = GenerateConfig(n=args.samples, temperature=args.temperature, max_new_tokens=cfg.max_new_tokens,
+                               seed=cfg.seed)
+        teacher, student = (SelfRag(m.gen, m.retriever, m.cfg, timed) for m in (teacher, student))
     log.info("%d held-out units; teacher %s (%s), student %s (%s)", len(units), cfg.model, teacher.mode,
              student_dir, student.mode)
 
@@ -72,56 +80,76 @@ def run(args) -> dict:
         hits = retriever.search([selfrag.question_text(q)], k=cfg.top_k)[0]
         t0 = time.perf_counter()
         _, p_t = teacher.retrieval_decision([q])[0]
-        ans_t = teacher.answer(q, n=1, hits=hits, decision=(True, p_t))
+        ans_t = teacher.answer(q, n=args.samples, hits=hits, decision=(True, p_t))
         sec_t = time.perf_counter() - t0
         t0 = time.perf_counter()
         _, p_s = student.retrieval_decision([q])[0]
-        ans_s = student.answer(q, n=1, hits=hits, decision=(True, p_s))
+        ans_s = student.answer(q, n=args.samples, hits=hits, decision=(True, p_s))
         sec_s = time.perf_counter() - t0
-        tables = critic_tables(teacher, q, ans_t.samples[0])  # untimed: the labels the student learned from
-        instruction = selfrag.question_instruction(q)
-        raws = student.gen.generate([student.prompt(instruction, h) for h in hits], gcfg, n=1)
         questions.append({"position": pos, "id": q.id, "lang": q.lang, "gold": q.gold,
-                          "letter_verbalised": ans_t.letters[0], "letter_native": ans_s.letters[0],
+                          "letters_verbalised": ans_t.letters, "letters_native": ans_s.letters,
                           "sec_verbalised": sec_t, "sec_native": sec_s,
                           "retrieval_teacher": _retrieval(p_t), "retrieval_student": _retrieval(p_s),
                           "p_retrieve_teacher": p_t, "p_retrieve_student": p_s})
-        for hit, table, raw in zip(hits, tables, (r[0] for r in raws)):
-            ok, parsed = well_formed(raw)
-            teach = hard_labels(table, retrieved=True)
-            passages.append({"id": q.id, "lang": q.lang, "passage": hit.passage.id, "raw": raw, "well_formed": ok,
-                             "teacher": {k: teach[k] for k in ("relevance", "support", "utility")},
-                             "student": {"relevance": parsed.relevance, "support": parsed.support,
-                                         "utility": None if parsed.utility is None
-                                         else selfrag.UTILITY_TOKENS[parsed.utility - 1]}})
+        if args.samples == 1:  # untimed: the teacher's labels of its greedy answer, the student's greedy tokens
+            passages += _passage_records(q, hits, critic_tables(teacher, q, ans_t.samples[0]), student, gcfg)
         log.info("%d/%d %s/%s: verbalised %s (%.1fs), native %s (%.1fs), gold %s", n + 1, len(units), q.id, q.lang,
-                 ans_t.letters[0], sec_t, ans_s.letters[0], sec_s, q.gold)
-    return {"config": str(args.config), "teacher": cfg.model, "student": str(student_dir),
+                 ans_t.letters, sec_t, ans_s.letters, sec_s, q.gold)
+    return {"config": str(args.config), "teacher": cfg.model, "student": str(student_dir), "samples": args.samples,
+            "temperature": args.temperature if args.samples > 1 else 0.0,
             "questions": questions, "passages": passages}
+
+
+def _passage_records(q, hits, tables, student, gcfg) -> list[dict]:
+    """Per passage: the student's greedy raw output, whether it is well-formed, and both sides' labels."""
+    instruction = selfrag.question_instruction(q)
+    raws = student.gen.generate([student.prompt(instruction, h) for h in hits], gcfg, n=1)
+    records = []
+    for hit, table, raw in zip(hits, tables, (r[0] for r in raws)):
+        ok, parsed = well_formed(raw)
+        teach = hard_labels(table, retrieved=True)
+        records.append({"id": q.id, "lang": q.lang, "passage": hit.passage.id, "raw": raw, "well_formed": ok,
+                        "teacher": {k: teach[k] for k in ("relevance", "support", "utility")},
+                        "student": {"relevance": parsed.relevance, "support": parsed.support,
+                                    "utility": None if parsed.utility is None
+                                    else selfrag.UTILITY_TOKENS[parsed.utility - 1]}})
+    return records
 
 
 def _pct(num: float, den: float) -> str:
     return f"{100 * num / den:.1f}" if den else "-"
 
 
+def _right(q: dict, side: str) -> float:
+    """Share of a unit's answers (one per sample) that are right."""
+    letters = q[f"letters_{side}"]
+    return sum(letter == q["gold"] for letter in letters) / len(letters)
+
+
 def markdown(result: dict) -> str:
     qs, ps = result["questions"], result["passages"]
     langs = list(dict.fromkeys(q["lang"] for q in qs))
+    samples = result.get("samples", 1)
+    timed = "greedy, one answer per passage" if samples == 1 else \
+        f"{samples} samples per passage at temperature {result['temperature']}, accuracy over all samples"
     lines = [f"Held-out questions: {len(qs)} units ({', '.join(langs)}); teacher `{result['teacher']}` "
-             f"(verbalised critic), student `{result['student']}` (native tokens); same passages for both.", "",
+             f"(verbalised critic), student `{result['student']}` (native tokens); same passages for both; "
+             f"timed answers: {timed}.", "",
              "| lang | units | acc verbalised | acc native | s/q verbalised | s/q native | native speed-up "
              "| well-formed native |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for lang in langs + ["all"]:
         sub = [q for q in qs if lang in ("all", q["lang"])]
         psub = [p for p in ps if lang in ("all", p["lang"])]
-        acc_v = sum(q["letter_verbalised"] == q["gold"] for q in sub)
-        acc_n = sum(q["letter_native"] == q["gold"] for q in sub)
+        acc_v = sum(_right(q, "verbalised") for q in sub)
+        acc_n = sum(_right(q, "native") for q in sub)
         sv = sum(q["sec_verbalised"] for q in sub) / len(sub)
         sn = sum(q["sec_native"] for q in sub) / len(sub)
         formed = _pct(sum(p["well_formed"] for p in psub), len(psub))
         lines.append(f"| {lang} | {len(sub)} | {_pct(acc_v, len(sub))} | {_pct(acc_n, len(sub))} | {sv:.2f} | "
                      f"{sn:.2f} | {sv / sn if sn else 0:.2f}x | {formed} |")
+    if not ps:  # sampled timing: labels and well-formedness are measured greedily (--samples 1)
+        return "\n".join(lines)
     lines += ["", "Critique agreement (teacher: argmax of the verbalised critic; student: the token it wrote; "
               "retrieval per question, the rest per passage):", "",
               "| group | n | agreement % | teacher rate % | student rate % | student missing % |",
@@ -157,6 +185,9 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=None, help="held-out positions to use (default: all)")
     p.add_argument("--student", help="distilled model folder (default: the config's out/model)")
     p.add_argument("--device", help="cpu, cuda (default: the config's)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="samples per passage in the timed answers (CALM samples 3; default 1, greedy)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature when --samples > 1")
     p.add_argument("--json", help="also write all records to this file")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -326,6 +326,26 @@ def test_cli_distill_resumes_labels_and_makes_a_native_model(labelled, tiny_lm_d
     assert stages["train"]["steps"] == 2 and stages["label"]["questions"] == 4
     assert [e.__dict__ for e in read_examples(out / "labelled.jsonl")] == [e.__dict__ for e in examples]
 
+    # scripts/bench_distill.py measures that folder: greedy with labels, or sampled as CALM samples
+    import argparse
+
+    import yaml
+
+    from tests.fixtures.scripts import load_script
+
+    bench = load_script("bench_distill")
+    raw = yaml.safe_load(TINY_YAML.read_text())["distill"]
+    raw.update(model=str(tiny_lm_dir), index=str(index_dir), embedder=str(tiny_embedder_path), out=str(out),
+               data={lang: DEMO_Q[lang] for lang in raw["langs"]})
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump({"distill": raw}))
+    greedy, sampled = (bench.run(argparse.Namespace(config=str(tmp_path / "bench.yaml"), questions=1, student=None,
+                                                    device="cpu", samples=n, temperature=0.8)) for n in (1, 2))
+    assert [len(q["letters_native"]) for q in greedy["questions"]] == [1, 1]
+    assert len(greedy["passages"]) == 2 * raw["top_k"] and "Critique agreement" in bench.markdown(greedy)
+    assert [len(q["letters_native"]) for q in sampled["questions"]] == [2, 2]
+    assert [len(q["letters_verbalised"]) for q in sampled["questions"]] == [2, 2]
+    assert sampled["passages"] == [] and "2 samples per passage at temperature 0.8" in bench.markdown(sampled)
+
 
 def test_configs_load_and_bad_values_name_the_fix(tmp_path, capsys):
     from calm_rag.cli import main
