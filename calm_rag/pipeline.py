@@ -113,6 +113,10 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
     built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         data = dict(raw.get(name) or {})
+        if name == "model":  # a model folder the file names is relative to the file; names and hub ids stay
+            for key in ("generator", "adapter"):
+                if data.get(key) and _rel(base, data[key]).exists():
+                    data[key] = str(_rel(base, data[key]).resolve())
         data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
         if name == "data":
             data.setdefault("files", demo_files())

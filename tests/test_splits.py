@@ -138,3 +138,19 @@ def test_no_split_file_keeps_the_position_split(tmp_path):
 
     train, dev = split_train_dev(len(aligned), cfg.data.eval_fraction, cfg.data.split_seed)
     assert split_questions(cfg, aligned) == (train[:2], dev[:2])
+
+
+def test_run_config_model_folder_is_relative_to_the_file(tmp_path, monkeypatch):
+    (tmp_path / "models" / "student").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    path = tmp_path / "runs" / "r.yaml"
+    path.write_text("model:\n  generator: ../models/student\n  adapter: ../no-such-adapter\n")
+    monkeypatch.chdir(REPO)  # the working directory does not matter for paths written in the file
+    cfg = load_run_config(path)
+    assert Path(cfg.model.generator) == tmp_path / "models" / "student"
+    assert cfg.model.adapter == "../no-such-adapter"  # not a folder: left as written (an error names it later)
+    named = tmp_path / "runs" / "named.yaml"
+    named.write_text("model:\n  generator: qwen2.5-coder-0.5b-instruct\n")
+    assert load_run_config(named).model.generator == "qwen2.5-coder-0.5b-instruct"
+    # a command-line value is relative to the working directory, not to the file
+    assert load_run_config(path, model={"generator": "elsewhere"}).model.generator == "elsewhere"
