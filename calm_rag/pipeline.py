@@ -113,10 +113,11 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
     built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         data = dict(raw.get(name) or {})
-        if name == "model":  # a model folder the file names is relative to the file; names and hub ids stay
+        if name == "model":  # a folder the file names (./, ../ or existing) is relative to it; names, hub ids stay
             for key in ("generator", "adapter"):
-                if data.get(key) and _rel(base, data[key]).exists():
-                    data[key] = str(_rel(base, data[key]).resolve())
+                value = data.get(key)
+                if value and (str(value).startswith(".") or _rel(base, value).exists()):
+                    data[key] = str(_rel(base, value).resolve())
         data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
         if name == "data":
             data.setdefault("files", demo_files())

@@ -53,7 +53,7 @@ def test_split_files_reproduce_and_hold_out_whole_questions(shared_dir, tmp_path
     assert ms.main(["--data", str(shared_dir / "data"), "--out", str(REPO / "splits"), "--check"]) == 0
 
 
-RUNS = {"xcsqa-6lang": ("commonsense-lite", "xcsqa", 6), "medqa": ("medical-lite", "medqa-usmle", 3),
+RUNS = {"xcsqa-6lang": ("commonsense-lite", "xcsqa", 6), "xcsqa-distilled": ("commonsense-lite", "xcsqa", 3), "medqa": ("medical-lite", "medqa-usmle", 3),
         "medqa-mcmle": ("medical-lite", "medqa-mcmle", 3), "xcsqa-ablation-2": ("commonsense-lite", "xcsqa", 2),
         "xcsqa-ablation-3": ("commonsense-lite", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense-lite", "xcsqa", 6)}
 
@@ -64,8 +64,11 @@ def test_run_configs_load(name):
     path = REPO / "scripts" / "runs" / f"{name}.yaml"
     cfg = load_run_config(path)
     assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.all_languages)
-    if name.startswith("xcsqa"):  # every X-CSQA run is graded in all six languages, trained in fewer or all
+    if name.startswith("xcsqa-ablation") or name == "xcsqa-6lang":  # graded in all six, trained in fewer or all
         assert set(cfg.eval_languages) == {"en", "zh", "fr", "de", "it", "ja"}
+    if name == "xcsqa-distilled":  # the student distilled by configs/distill-xcsqa-cpu.yaml, in its languages
+        assert Path(cfg.model.generator) == REPO / "runs" / "distill-xcsqa-cpu" / "model"
+        assert set(cfg.eval_languages) == {"en", "zh", "fr"}
     assert Path(cfg.selfrag.index).resolve() == REPO / "indexes" / index
     assert Path(cfg.data.split).resolve() == REPO / "splits" / f"{split}.json"
     assert Path(cfg.data.split).is_file()
@@ -148,7 +151,7 @@ def test_run_config_model_folder_is_relative_to_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the working directory does not matter for paths written in the file
     cfg = load_run_config(path)
     assert Path(cfg.model.generator) == tmp_path / "models" / "student"
-    assert cfg.model.adapter == "../no-such-adapter"  # not a folder: left as written (an error names it later)
+    assert Path(cfg.model.adapter) == tmp_path / "no-such-adapter"  # a path all the same: the load error names it
     named = tmp_path / "runs" / "named.yaml"
     named.write_text("model:\n  generator: qwen2.5-coder-0.5b-instruct\n")
     assert load_run_config(named).model.generator == "qwen2.5-coder-0.5b-instruct"
