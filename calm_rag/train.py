@@ -231,7 +231,7 @@ def _log_callback():
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in logs.items()}
                 logger.info("step %d/%d %s", state.global_step, state.max_steps, shown)
 
     return LogCallback()
