@@ -424,10 +424,14 @@ class Run:
 
     def evaluate(self, which: Iterable[str] = ("base", "calm")) -> dict[str, Any]:
         """Answer the eval questions with the base model and the adapter, per retrieval mode."""
-        from calm_rag.evaluate import evaluate_generations, markdown_table, plot_reports, save_report
+        from calm_rag.evaluate import evaluate_generations, load_report, markdown_table, plot_reports, save_report
 
         started = time.time()
         _, eval_qs = self.questions()
+        # an evaluation in another retrieval mode adds to the folder's earlier ones (same questions), it does not hide them
+        earlier = self.manifest["stages"].get("eval", {})
+        kept = {n: load_report(self.dir / "eval" / f"{n}.json") for n in earlier.get("runs", [])
+                if (self.dir / "eval" / f"{n}.json").is_file()}
         gold = {q.id: q.gold for q in eval_qs}
         gen_cfg = dataclasses.replace(self.cfg.generate, n=self.cfg.eval.n,
                                       temperature=0.0 if self.cfg.eval.n == 1 else self.cfg.generate.temperature)
@@ -447,10 +451,11 @@ class Run:
                                                     "adapter": adapter if model_name == "calm" else None})
                 save_report(report, self.dir / "eval" / f"{name}.json")
                 reports[name] = report
+        reports = {**{n: r for n, r in kept.items() if n not in reports}, **reports}
         table = markdown_table(reports)
         atomic_write_text(self.dir / "eval" / "report.md", table + "\n")
         plot_reports(reports, self.dir / "eval" / "plot.png")
-        self._record("eval", started, runs=list(reports))
+        self._record("eval", started - earlier.get("seconds", 0.0), runs=list(reports))  # seconds: all calls
         return reports
 
     def run_all(self) -> dict[str, Any]:

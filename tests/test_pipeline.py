@@ -82,6 +82,13 @@ def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tin
         tiny_lm_dir, tiny_embedder_path, index_dir)).questions()[1]}  # the eval questions of a 3-language run
     report = run.evaluate(which=("base",))["base-never"]
     assert report.langs == ["en", "zh", "fr"] and report.n_samples == 6
+    # a later evaluation in another retrieval mode adds its report; the earlier one stays listed and tabled
+    again = Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
+                              generate={"max_new_tokens": 4},
+                              eval={"languages": ("en", "zh", "fr"), "retrieval": ("always",)}))
+    assert list(again.evaluate(which=("base",))) == ["base-never", "base-always"]
+    assert json.loads((run.dir / "manifest.json").read_text())["stages"]["eval"]["runs"] == ["base-never", "base-always"]
+    assert "base-never" in (run.dir / "eval" / "report.md").read_text()
     with pytest.raises(ConfigError, match=r"eval\.languages=\['en', 'zh', 'fr'\], not \['en', 'zh'\]"):
         Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
                           generate={"max_new_tokens": 4}, eval={"languages": ("en", "zh")}))
