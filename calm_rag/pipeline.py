@@ -428,10 +428,6 @@ class Run:
 
         started = time.time()
         _, eval_qs = self.questions()
-        # an evaluation in another retrieval mode adds to the folder's earlier ones (same questions), it does not hide them
-        earlier = self.manifest["stages"].get("eval", {})
-        kept = {n: load_report(self.dir / "eval" / f"{n}.json") for n in earlier.get("runs", [])
-                if (self.dir / "eval" / f"{n}.json").is_file()}
         gold = {q.id: q.gold for q in eval_qs}
         gen_cfg = dataclasses.replace(self.cfg.generate, n=self.cfg.eval.n,
                                       temperature=0.0 if self.cfg.eval.n == 1 else self.cfg.generate.temperature)
@@ -451,7 +447,11 @@ class Run:
                                                     "adapter": adapter if model_name == "calm" else None})
                 save_report(report, self.dir / "eval" / f"{name}.json")
                 reports[name] = report
-        reports = {**{n: r for n, r in kept.items() if n not in reports}, **reports}
+        # an evaluation in another retrieval mode adds to the folder's earlier ones (same questions), it does not hide them
+        earlier = self.manifest["stages"].get("eval", {})
+        kept = {n: load_report(self.dir / "eval" / f"{n}.json") for n in earlier.get("runs", [])
+                if n not in reports and (self.dir / "eval" / f"{n}.json").is_file()}
+        reports = {**kept, **reports}
         table = markdown_table(reports)
         atomic_write_text(self.dir / "eval" / "report.md", table + "\n")
         plot_reports(reports, self.dir / "eval" / "plot.png")
