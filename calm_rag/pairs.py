@@ -8,38 +8,36 @@ are not rejected by default (`unparseable="skip"`), as in the authors' code, whi
 them; `"reject"` pairs them too, which also teaches the answer format.
 
 When no response in a language agrees, the chosen text is the generator's own translation of
-the best agreeing response from another language (`translate(text, src_lang, tgt_lang)`); with
-`translate=None` that language is skipped for the question and counted.
+the best agreeing response from another language (`translate(text, src_lang, tgt_lang)`), marked
+`chosen_source="translation"` and counted (`PairReport.translated_share`); with `translate=None`
+that language is skipped for the question and counted.
 
-The prompt is the rejected response's prompt (`prompt_for(generation)` or `Generation.prompt`):
-it holds the question and retrieved passages. chosen/rejected hold only what the model wrote:
-any `<paragraph>...</paragraph>` span is cut out of them.
+On-policy: chosen and rejected are the `Generation.text` of sampled responses byte for byte, the
+raw completions the model wrote for their prompts (never re-rendered, stripped or rewritten; a
+marked translation is the one exception). The prompt is the rejected response's prompt
+(`prompt_for(generation)` or `Generation.prompt`): it holds the question and retrieved passages.
+The chosen response is taken among the agreeing ones with that same prompt when there is one;
+otherwise from another prompt of the question (another passage), counted in `prompt_differs`.
+
+`min_agreement` (default None, the paper: every question with a winner) keeps only questions
+whose winner holds at least that share of the votes cast (`vote.winner_share`; weights under the
+critique-weighted vote); the others are counted in `PairReport.below_agreement`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import Generation, PreferencePair, Vote, to_dict, write_jsonl
+from .vote import winner_share
 
 logger = logging.getLogger(__name__)
 
 Translate = Callable[[str, str, str], str]
-
-_PARAGRAPH = re.compile(r"<paragraph>.*?(?:</paragraph>|\Z)", re.DOTALL)
-
-
-def strip_passages(text: str) -> str:
-    """Cut every `<paragraph>...</paragraph>` span (and an unclosed one up to the end)."""
-    text = _PARAGRAPH.sub("", text).replace("</paragraph>", "")
-    if "<paragraph>" in text:  # cannot happen after the substitution; guard the invariant
-        raise AssertionError("passage tag left in a response")
-    return text.strip()
 
 
 @dataclass
@@ -51,15 +49,25 @@ class LangPairStats:
     skipped_no_chosen: int = 0  # questions with rejects but no agreeing response and no translator
     unparseable_skipped: int = 0  # unparseable responses left out (unparseable="skip")
     prompt_differs: int = 0  # pairs whose chosen came from a response with another prompt
+    blank_skipped: int = 0  # responses left out because the model wrote nothing (only whitespace)
 
 
 @dataclass
 class PairReport:
     per_lang: dict[str, LangPairStats] = field(default_factory=dict)
     no_winner: int = 0  # questions whose vote had no winner: no pairs
+    below_agreement: int = 0  # questions left out by min_agreement
+    kept: int = 0  # questions with a winner that passed min_agreement
 
     def total(self) -> int:
         return sum(s.pairs for s in self.per_lang.values())
+
+    def translated(self) -> int:
+        return sum(s.from_translation for s in self.per_lang.values())
+
+    def translated_share(self) -> float:
+        """Share of all pairs whose chosen is a translation (0.0 without pairs)."""
+        return self.translated() / self.total() if self.total() else 0.0
 
 
 def _pick_chosen(candidates: Sequence[Generation], lang_order: Sequence[str]) -> Generation:
@@ -70,7 +78,8 @@ def _pick_chosen(candidates: Sequence[Generation], lang_order: Sequence[str]) ->
 def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
                 langs: Sequence[str] | None = None, translate: Translate | None = None,
                 prompt_for: Callable[[Generation], str] | None = None,
-                unparseable: str = "skip") -> tuple[list[PreferencePair], PairReport]:
+                unparseable: str = "skip", min_agreement: float | None = None
+                ) -> tuple[list[PreferencePair], PairReport]:
     """Preference pairs for every question with a winner, per language; returns (pairs, report).
 
     `langs` limits the languages that get pairs (and orders the search for a translation
@@ -78,6 +87,9 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
     """
     if unparseable not in ("skip", "reject"):
         raise ValueError(f"unparseable={unparseable!r}: use 'skip' or 'reject'")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise ValueError(f"pairs.min_agreement={min_agreement}: use a share of the votes in [0, 1], or None "
+                         f"for every question with a winner")
     by_q: dict[str, dict[str, list[Generation]]] = defaultdict(lambda: defaultdict(list))
     for g in generations:
         by_q[g.question_id][g.lang].append(g)
@@ -91,36 +103,48 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
         if vote is None or vote.winner is None:
             report.no_winner += 1
             continue
+        if min_agreement is not None and (winner_share(vote) or 0.0) < min_agreement:
+            report.below_agreement += 1
+            continue
+        report.kept += 1
         winner = vote.winner
-        agreeing_anywhere = [g for gs in per_lang.values() for g in gs if g.letter == winner]
+        agreeing_anywhere = [g for gs in per_lang.values() for g in gs if g.letter == winner and g.text.strip()]
         for lang in order:
             gens = per_lang.get(lang, [])
             if not gens:
                 continue
             stats = report.per_lang[lang]
+            blank = [g for g in gens if not g.text.strip()]  # an empty completion cannot be a DPO answer
+            stats.blank_skipped += len(blank)
+            gens = [g for g in gens if g.text.strip()]
             agree = [g for g in gens if g.letter == winner]
             reject = [g for g in gens if g.letter != winner and (g.letter is not None or unparseable == "reject")]
             stats.unparseable_skipped += sum(g.letter is None for g in gens) if unparseable == "skip" else 0
             if not reject:
                 stats.all_agree += 1
                 continue
-            source = "sample"
             if agree:
-                best = _pick_chosen(agree, order)
-                chosen_text = strip_passages(best.text)
+                source, translated = "sample", None
             elif translate is not None and agreeing_anywhere:
-                best = _pick_chosen(agreeing_anywhere, order)
-                chosen_text = strip_passages(translate(strip_passages(best.text), best.lang, lang))
-                source = "translation"
+                source, best = "translation", _pick_chosen(agreeing_anywhere, order)
+                translated = translate(best.text, best.lang, lang)
+                if not translated.strip():
+                    stats.skipped_no_chosen += 1
+                    continue
             else:
                 stats.skipped_no_chosen += 1
                 continue
             stats.questions += 1
             for r in reject:
                 p = prompt(r)
-                if source == "sample" and prompt(best) != p:
-                    stats.prompt_differs += 1
-                pairs.append(PreferencePair(prompt=p, chosen=chosen_text, rejected=strip_passages(r.text),
+                if source == "sample":
+                    same = [g for g in agree if prompt(g) == p]
+                    best = _pick_chosen(same or agree, order)
+                    stats.prompt_differs += not same
+                    chosen_text = best.text
+                else:
+                    chosen_text = translated
+                pairs.append(PreferencePair(prompt=p, chosen=chosen_text, rejected=r.text,
                                             question_id=qid, lang=lang, chosen_source=source))
                 stats.pairs += 1
                 stats.from_translation += source == "translation"

@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, SelfRagConfig, TrainConfig,
-                             check_languages, require, option, from_mapping, read_yaml)
+from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, PairsConfig, SelfRagConfig,
+                             TrainConfig, check_languages, require, option, from_mapping, read_yaml)
 from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text, file_sha256, read_jsonl,
                               write_jsonl)
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
         require(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
+        for name in ("max_train", "max_eval"):  # a negative count would slice off the last questions
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            require(value is None or value >= 0,
+                    f"data.{name}={value}; use 0 or more questions ({flag} N), or leave it unset for all")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,9 @@ class EvalConfig:
                                                "trained on measures transfer, as in the paper's ablation", None)
 
     def __post_init__(self) -> None:
+        require(self.n >= 1, f"eval.n={self.n}; use at least 1 sample per question and language (1: greedy)")
         object.__setattr__(self, "retrieval", tuple(self.retrieval))
+        require(len(self.retrieval) >= 1, "eval.retrieval is empty; list at least one of always, adaptive, never")
         if self.languages is not None:
             object.__setattr__(self, "languages", check_languages(self.languages, "eval.languages"))
         for mode in self.retrieval:
@@ -73,6 +78,7 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     selfrag: SelfRagConfig = field(default_factory=SelfRagConfig)
     calm: CalmConfig = field(default_factory=CalmConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(files=demo_files()))
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -92,18 +98,21 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "generate": GenerateConfig, "selfrag": SelfRagConfig, "calm": CalmConfig,
-            "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
+            "pairs": PairsConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
 
 
 def demo_files() -> dict[str, str]:
-    return {lang: str(REPO_ROOT / "corpora" / "demo_questions" / f"{lang}.json")
-            for lang in ("en", "zh", "fr", "de", "it", "ja")}
+    """The demo questions shipped with the package, per language."""
+    from calm_rag.qa import DEMO_QUESTIONS
+
+    return {lang: str(DEMO_QUESTIONS / f"{lang}.json") for lang in ("en", "zh", "fr", "de", "it", "ja")}
 
 
 def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
-    """A RunConfig from a YAML file (paths relative to the file) and section overrides."""
+    """A RunConfig from a YAML file (paths relative to the file; without one, to the working folder) and
+    section overrides."""
     raw: dict[str, Any] = {}
-    base = REPO_ROOT
+    base = Path.cwd()
     if path is not None:
         raw = read_yaml(path)
         base = Path(path).resolve().parent
@@ -127,7 +136,28 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
         if name == "selfrag" and data.get("index"):
             data["index"] = str(_rel(base, data["index"]))
         built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
-    return RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
+    cfg = RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
+    missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
+    if missing:  # checked here, so a run fails when it is configured, not when its first stage reads the data
+        given = ", ".join(cfg.data.files)
+        raise ConfigError(f"{path or 'defaults'} [data]: data.files has no file for language(s) {missing} of "
+                          f"calm.languages {list(cfg.calm.languages)} / eval.languages (files given: {given}); add "
+                          f"{missing[0]}: PATH under data.files, or run fewer languages (--langs {given.replace(' ', '')})")
+    return cfg
+
+
+def saved_run_config(folder: str | Path, **sections: dict[str, Any]) -> RunConfig:
+    """The config a run folder was started with (its manifest.json) and section overrides (None: keep the
+    saved value), so a stage reruns in a run folder without its --config."""
+    path = Path(folder) / "manifest.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+        merged = {name: {**(saved.get(name) or {}),
+                         **{k: v for k, v in (sections.get(name) or {}).items() if v is not None}}
+                  for name in SECTIONS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's config ({exc}); pass the run YAML with --config") from exc
+    return dataclasses.replace(load_run_config(None, **merged), index_recipe=saved.get("index_recipe", "demo"))
 
 
 def _rel(base: Path, p: str) -> Path:
@@ -226,14 +256,16 @@ def split_from_file(path: str | Path, aligned, required: tuple[str, ...] = ("tra
 
 def ensure_index(cfg: RunConfig) -> Path:
     """The index folder; built from the recipe on first use (the demo index builds in a minute)."""
-    from calm_rag.index import build_from_recipe, load_recipe
+    from calm_rag.index import build_from_recipe, demo_index, load_recipe
 
     if cfg.selfrag.index:
         path = Path(cfg.selfrag.index)
         if not path.is_dir():
             raise ConfigError(f"selfrag.index={path} does not exist; build it with calm-rag index build")
         return path
-    recipe = load_recipe(cfg.index_recipe or "demo")
+    if cfg.index_recipe in (None, "demo"):  # the bundled one, from any folder
+        return demo_index()
+    recipe = load_recipe(cfg.index_recipe)
     out = Path(recipe.output)
     if not (out / "manifest.json").is_file():
         log.info("building index %s from recipe %s", out, cfg.index_recipe)
@@ -252,12 +284,20 @@ def load_retriever(index_dir: str | Path, embedder: str | None = None):
     return Retriever(index, encoder)
 
 
+def load_run_generator(cfg: RunConfig, adapter: str | None = None):
+    """The generator a run config names, on its backend (model.backend), precision and threads."""
+    from calm_rag.generate import load_generator
+
+    m = cfg.model
+    return load_generator(m.generator, backend=m.backend, adapter=adapter, device=m.device, precision=m.precision,
+                          threads=m.threads)
+
+
 def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieval: str | None = None,
                  gen_cfg: GenerateConfig | None = None, generator=None):
-    from calm_rag.generate import Generator
     from calm_rag.rag import SelfRag
 
-    gen = generator or Generator.load(cfg.model.generator, adapter=adapter or cfg.model.adapter, device=cfg.model.device)
+    gen = generator or load_run_generator(cfg, adapter or cfg.model.adapter)
     scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
     return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate)
 
@@ -321,7 +361,8 @@ class Run:
         old = self.manifest.get("config")
         new = json.loads(json.dumps(self.cfg.to_dict()))
         for section in ("model", "generate", "selfrag", "calm", "data"):
-            if old and old.get(section) != new.get(section):
+            # the vote's weighting acts after sampling: a rerun of the vote stage may change it
+            if old and _without(old.get(section), section) != _without(new.get(section), section):
                 raise ConfigError(f"{self.manifest_path}: the run was started with other {section} settings "
                                   f"({old.get(section)} vs {new.get(section)}); use a new run folder or the same config")
         if old and old.get("eval", {}).get("languages") != new["eval"]["languages"]:  # questions.jsonl holds them
@@ -374,49 +415,77 @@ class Run:
         gens = sample_units(rag, train, self.dir / "generations.jsonl", self.cfg.generate.n)
         parsed = sum(g.letter is not None for g in gens)
         self._record("sample", started, units=len(train), generations=len(gens), parsed=parsed,
-                     critique=rag.mode, seed=self.cfg.generate.seed)
+                     critique=rag.mode, seed=self.cfg.generate.seed, backend=rag.gen.backend)
         return gens
 
     def vote(self) -> dict[str, Vote]:
         from calm_rag.vote import vote_all, vote_stats
 
         started = time.time()
-        gens = list(read_jsonl(self.dir / "generations.jsonl", Generation))
+        gens = list(read_jsonl(self._need("generations.jsonl", "vote", "sample"), Generation))
         weighting = "critique" if self.cfg.calm.vote == "weighted" else "count"
         gens = _canonical_order(gens, self.cfg.calm.languages)
         votes = vote_all(gens, langs=self.cfg.calm.languages, weighting=weighting)
         write_jsonl(self.dir / "votes.jsonl", votes.values())
         stats = vote_stats(votes)
-        self._record("vote", started, questions=len(votes), **_as_dict(stats))
+        self._record("vote", started, questions=len(votes), vote=self.cfg.calm.vote, **_as_dict(stats))
         return votes
+
+    def _need(self, name: str, stage: str, maker: str) -> Path:
+        """A file an earlier stage writes; missing, a one-line error naming the command that makes it."""
+        path = self.dir / name
+        if not path.is_file():
+            raise ConfigError(f"calm {stage}: {path} is missing; run the {maker} stage first: calm-rag calm {maker} "
+                              f"--run {self.dir}, or calm-rag calm run for every stage")
+        return path
 
     def pairs(self, translate=None) -> dict[str, Any]:
         from calm_rag.pairs import build_pairs, write_pairs
 
+        from calm_rag.vote import training_signal
+
         started = time.time()
-        gens = _canonical_order(list(read_jsonl(self.dir / "generations.jsonl", Generation)), self.cfg.calm.languages)
-        votes = {v.question_id: v for v in read_jsonl(self.dir / "votes.jsonl", Vote)}
+        gens_path = self._need("generations.jsonl", "pairs", "sample")
+        votes_path = self._need("votes.jsonl", "pairs", "vote")
+        made_with = self.manifest["stages"].get("vote", {}).get("vote", self.cfg.calm.vote)  # older runs: unknown
+        if made_with != self.cfg.calm.vote:
+            raise ConfigError(f"calm pairs: {votes_path} holds the calm.vote={made_with} vote, not "
+                              f"calm.vote={self.cfg.calm.vote}; rerun the vote stage: calm-rag calm vote --run "
+                              f"{self.dir} --vote {self.cfg.calm.vote}")
+        gens = _canonical_order(list(read_jsonl(gens_path, Generation)), self.cfg.calm.languages)
+        votes = {v.question_id: v for v in read_jsonl(votes_path, Vote)}
         if translate is None:
-            from calm_rag.generate import Generator
             from calm_rag.rag import Translator
 
-            translate = Translator(lambda: Generator.load(self.cfg.model.generator, device=self.cfg.model.device))
-        pairs, report = build_pairs(gens, votes, langs=self.cfg.calm.languages, translate=translate)
+            translate = Translator(lambda: load_run_generator(self.cfg))
+        min_agreement = self.cfg.pairs.min_agreement
+        pairs, report = build_pairs(gens, votes, langs=self.cfg.calm.languages, translate=translate,
+                                    min_agreement=min_agreement)
         write_pairs(self.dir / "pairs.jsonl", pairs)
         counts = {lang: _as_dict(s) for lang, s in report.per_lang.items()}
         atomic_write_text(self.dir / "pairs_counts.json", json.dumps(counts, indent=2) + "\n")
+        train_qs, _ = self.questions()
+        gold = {q.id: q.gold for q in train_qs}
+        signal = training_signal(gens, votes, gold, {q.id: len(q.options) for q in train_qs if q.options},
+                                 min_agreement)
+        signal["vote"] = self.cfg.calm.vote
         self._record("pairs", started, pairs=len(pairs), per_lang={k: v["pairs"] for k, v in counts.items()},
-                     no_winner=report.no_winner)
+                     no_winner=report.no_winner, min_agreement=min_agreement, questions_kept=report.kept,
+                     below_agreement=report.below_agreement, translated=report.translated(),
+                     translated_share=round(report.translated_share(), 4),
+                     translated_per_lang={k: v["from_translation"] for k, v in counts.items()}, signal=signal)
         return counts
 
     def train(self):
         from calm_rag.train import train_dpo
 
         started = time.time()
-        pairs_path = self.dir / "pairs.jsonl"
+        pairs_path = self._need("pairs.jsonl", "train", "pairs")
         if not any(True for _ in read_jsonl(pairs_path)):
-            raise ConfigError(f"{pairs_path}: no preference pairs (every language agreed with the vote); "
-                              f"sample more questions or languages")
+            hint = (f"lower pairs.min_agreement (now {self.cfg.pairs.min_agreement}; --min-agreement), or "
+                    if self.cfg.pairs.min_agreement is not None else "")
+            raise ConfigError(f"calm train: {pairs_path} holds no preference pairs (every language agreed with the "
+                              f"vote); {hint}sample more questions or languages")
         result = train_dpo(pairs_path, self.cfg.model.generator, self.dir / "train", self.cfg.train,
                            device=self.cfg.model.device)
         self._record("train", started, steps=result.steps, loss=result.loss, adapter=str(result.adapter_dir))
@@ -426,6 +495,8 @@ class Run:
         """Answer the eval questions with the base model and the adapter, per retrieval mode."""
         from calm_rag.evaluate import evaluate_generations, load_report, markdown_table, plot_reports, save_report
 
+        if "calm" in which:  # checked before the base model answers for minutes
+            self._need("train/adapter/adapter_config.json", "eval", "train")
         started = time.time()
         _, eval_qs = self.questions()
         gold = {q.id: q.gold for q in eval_qs}
@@ -444,7 +515,8 @@ class Run:
                 gens = sample_units(rag, eval_qs, out, gen_cfg.n)
                 report = evaluate_generations(gens, gold, langs=list(self.cfg.eval_languages),
                                               meta={"model": self.cfg.model.generator, "run": name, "retrieval": mode,
-                                                    "adapter": adapter if model_name == "calm" else None})
+                                                    "adapter": adapter if model_name == "calm" else None,
+                                                    "backend": rag.gen.backend})
                 save_report(report, self.dir / "eval" / f"{name}.json")
                 reports[name] = report
         # an evaluation in another retrieval mode adds to the folder's earlier ones (same questions), it does not hide them
@@ -458,12 +530,22 @@ class Run:
         self._record("eval", started - earlier.get("seconds", 0.0), runs=list(reports))  # seconds: all calls
         return reports
 
-    def run_all(self) -> dict[str, Any]:
+    def run_all(self, before_train: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Every stage; `before_train` gets the pairs stage's manifest record (the training signal) before DPO."""
         self.sample()
         self.vote()
         self.pairs()
+        if before_train is not None:
+            before_train(self.manifest["stages"]["pairs"])
         self.train()
         return self.evaluate()
+
+
+def _without(section: Any, name: str) -> Any:
+    """A manifest config section minus the settings a run folder may change between stages (calm.vote)."""
+    if name == "calm" and isinstance(section, dict):
+        return {k: v for k, v in section.items() if k != "vote"}
+    return section
 
 
 def _canonical_order(gens: list[Generation], langs: Iterable[str]) -> list[Generation]:
@@ -480,7 +562,8 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("calm-rag", "torch", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu"):
+    for pkg in ("calm-rag", "torch", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
+                "llama_cpp_python"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -530,6 +613,9 @@ def load_eval_questions(files: Iterable[str | Path], langs: Iterable[str] | None
     files = [Path(f) for f in files]
     if not files:
         raise ConfigError("no QA files given; pass --data FILE... (CALM .json, X-CSR or MedQA .jsonl)")
+    if max_questions is not None and max_questions < 1:  # a negative count would slice off the last questions
+        raise ConfigError(f"--max-questions {max_questions}: use a positive number of questions, or leave it unset "
+                          f"for all")
     langs = list(dict.fromkeys(langs)) if langs else None
     by_lang: dict[str, list[Question]] = {}
     for i, path in enumerate(files):
@@ -620,7 +706,8 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
         "files": {str(f): file_sha256(f) for f in files}, "langs": aligned.langs,
         "units": hashlib.sha256("\n".join(f"{q.id}\t{q.lang}" for q in units).encode()).hexdigest(),
         "model": cfg.model.generator, "adapter": str(Path(adapter).resolve()) if adapter else None,
-        "device": cfg.model.device, "index": str(Path(index).resolve()) if index else None,
+        "device": cfg.model.device, "backend": cfg.model.backend, "precision": cfg.model.precision,
+        "index": str(Path(index).resolve()) if index else None,
         "generate": dataclasses.asdict(gen_cfg),
         "selfrag": {k: v for k, v in dataclasses.asdict(cfg.selfrag).items() if k not in ("retrieval", "index")},
     }))
@@ -651,7 +738,8 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
         gens = sample_units(rag, units, out / f"{mode}.generations.jsonl", gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=aligned.langs, meta={
             "model": cfg.model.generator, "adapter": settings["adapter"], "retrieval": mode,
-            "index": settings["index"], "files": [str(f) for f in files], "critique": rag.mode, "out": str(out)})
+            "index": settings["index"], "files": [str(f) for f in files], "critique": rag.mode, "out": str(out),
+            "backend": rag.gen.backend})
         save_report(report, out / f"{name}.json")
         reports[name] = report
     atomic_write_text(out / "report.md", markdown_table(reports))

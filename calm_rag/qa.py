@@ -22,6 +22,8 @@ from .records import Generation, Question
 logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "calm", "xcsr", "medqa", "hf")
+# the demo questions (<lang>.json, CALM release format), shipped as package data
+DEMO_QUESTIONS = Path(__file__).resolve().parent / "data" / "demo_questions"
 
 
 class QAFormatError(ValueError):
@@ -243,7 +245,8 @@ def _row_to_question(row: Mapping[str, Any], cols: Columns, index: int, lang: st
     row_lang = _get(row, cols.lang)
     code = lang or row_lang
     if not code:
-        raise QAFormatError(f"{where}: no language: pass lang= or add a {cols.lang or 'lang'!r} field")
+        raise QAFormatError(f"{where}: no language: pass lang= (calm eval: --langs) or add a "
+                            f"{cols.lang or 'lang'!r} field")
     if lang and row_lang and str(row_lang).lower() != lang:
         raise QAFormatError(f"{where}: item language {row_lang!r} differs from lang={lang!r}")
     qid = _get(row, cols.id)
@@ -312,8 +315,19 @@ def _read_records(path: Path) -> tuple[list[Any], bool]:
         try:
             items.append(json.loads(line))
         except json.JSONDecodeError as exc:
+            if stripped.startswith("{") and _is_one_object(text):
+                raise QAFormatError(f"{path}: one JSON object over several lines (pretty-printed), not a QA file; "
+                                    "write a JSON list [...] of questions, or JSON Lines with one question object "
+                                    "per line") from exc
             raise QAFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one object per line") from exc
     return items, True
+
+
+def _is_one_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def detect_format(item: Mapping[str, Any]) -> str:
@@ -326,7 +340,8 @@ def detect_format(item: Mapping[str, Any]) -> str:
         return "medqa"
     raise QAFormatError(f"unrecognised record with keys {sorted(item)}: expected CALM "
                         "(instruction/input/output), X-CSR (question.stem/choices, answerKey) or "
-                        "MedQA (question/options/answer_idx); pass fmt= and columns=")
+                        "MedQA (question/options/answer_idx); convert the file to one of these (from Python, "
+                        "load_questions(path, fmt=..., columns=...) maps other keys)")
 
 
 def load_questions(path: Any, lang: str | None = None, fmt: str = "auto", *, dataset: str | None = None,
@@ -370,7 +385,8 @@ def load_questions(path: Any, lang: str | None = None, fmt: str = "auto", *, dat
         kind = fmt if fmt != "auto" else _detect(item, where)
         if kind == "calm":
             if lang is None:
-                raise QAFormatError(f"{path}: cannot tell the language from the file name; pass lang=")
+                raise QAFormatError(f"{path}: cannot tell the language from the file name; name the file by its "
+                                    "language (en.json) or pass lang= (calm eval: --langs)")
             out.append(_calm_item_to_question(item, index, lang, dataset, where))
         else:
             default = XCSR_COLUMNS if kind == "xcsr" else MEDQA_COLUMNS

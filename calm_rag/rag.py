@@ -7,38 +7,44 @@ Two critique modes behind one interface, picked from the tokenizer:
 - verbalised: any instruct model; short critic prompts ask the same four questions and the
   next-token probabilities of the verbalised options ("Yes"/"No", "1".."5") stand in for the
   reflection tokens' probabilities.
-Both yield the same probability table, so `selfrag.score_critique` and `selfrag.render_output`
-serve both, and a sampled answer always carries its reflection tokens.
+Both yield the same probability table, so `selfrag.score_critique` serves both.
+
+A candidate's `text` is the completion exactly as the generator returned it for its prompt (a
+native model's own reflection tokens included; a verbalised model's answer, with no tokens):
+DPO pairs are built from it, so it is never re-rendered from the critique (on-policy pairs).
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from calm_rag import selfrag
 from calm_rag.config import GenerateConfig, SelfRagConfig
 from calm_rag.generate import Generator
 from calm_rag.languages import text_for
-from calm_rag.records import Critique, Generation, Hit, Passage, Question
+from calm_rag.records import Critique, Generation, Hit, Question
 
 log = logging.getLogger(__name__)
 
-# Verbalised critic prompts (English; the question and passage stay in their own language).
+# Verbalised critic prompts (English; the question and passage stay in their own language). Relevance
+# starts like the answer prompt (the reference passage first); support and utility are follow-up turns
+# of the answer's own conversation, as Self-RAG's reflection tokens follow the answer in one sequence.
+# So every critic prompt begins with text the generator has just read, and an engine with a prefix
+# cache (llama.cpp backend) computes only each critic question.
 CRITIC_RETRIEVAL = (
     "Question:\n{question}\n\nWould reading a reference document (encyclopedia, medical text) help to answer "
     "this question correctly? Answer Yes or No.")
 CRITIC_RELEVANCE = (
-    "Passage:\n{passage}\n\nQuestion:\n{question}\n\nDoes the passage contain information relevant to "
-    "answering the question? Answer Yes or No.")
+    "Question:\n{question}\n\nDoes the reference passage above contain information relevant to answering the "
+    "question? Answer Yes or No.")
 CRITIC_SUPPORT = (
-    "Passage:\n{passage}\n\nAnswer:\n{answer}\n\nHow well does the passage support the answer? Reply with one "
-    "digit: 1 = fully supported, 2 = partially supported, 3 = not supported or contradicted.")
+    "How well does the reference passage support your answer? Reply with one digit: 1 = fully supported, "
+    "2 = partially supported, 3 = not supported or contradicted.")
 CRITIC_UTILITY = (
-    "Question:\n{question}\n\nAnswer:\n{answer}\n\nRate how useful and correct the answer is, from 1 (useless) "
-    "to 5 (complete and correct). Reply with one digit.")
+    "Rate how useful and correct your answer is, from 1 (useless) to 5 (complete and correct). Reply with one digit.")
 
 YES_NO = ("Yes", "No")
 DIGITS = ("1", "2", "3", "4", "5")
@@ -48,13 +54,14 @@ DIGITS = ("1", "2", "3", "4", "5")
 class Candidate:
     """One generation for one passage (or without a passage) and its critique."""
 
-    text: str  # rendered Self-RAG output without the passage text (what DPO pairs use)
-    answer: str  # the answer alone, reflection tokens stripped
+    text: str  # the raw completion the generator returned for `prompt`, byte for byte (what DPO pairs use)
+    answer: str  # the answer alone, reflection tokens stripped (plus `completion` once completed)
     letter: str | None
     critique: Critique
     prompt: str
     hit: Hit | None = None
     completed: bool = False  # the letter came from the answer-cue step, not from the free text
+    completion: str = ""  # what the answer-cue step appended ("\nAnswer: B"): scored, never sampled
     probs: dict[str, float] = field(default_factory=dict)  # the critique's token probabilities (either mode)
 
 
@@ -83,14 +90,14 @@ class RagAnswer:
             out.append(Generation(
                 question_id=self.question.id, lang=self.question.lang, sample=s, text=best.text,
                 letter=self.letters[s], critique=best.critique,
-                passage_ids=tuple(h.passage.id for h in self.hits), prompt=best.prompt, completed=best.completed))
+                passage_ids=tuple(h.passage.id for h in self.hits), prompt=best.prompt, completed=best.completed,
+                completion=best.completion))
         return out
 
 
-def has_reflection_tokens(tokenizer) -> bool:
+def has_reflection_tokens(generator: Generator) -> bool:
     """Native mode needs every reflection token as a single token of the vocabulary."""
-    vocab = tokenizer.get_vocab()
-    return all(t in vocab for t in selfrag.REFLECTION_TOKENS)
+    return generator.has_tokens(selfrag.REFLECTION_TOKENS)
 
 
 def unit_seed(base: int, *parts: str) -> int:
@@ -107,15 +114,14 @@ class SelfRag:
         self.retriever = retriever
         self.cfg = cfg or SelfRagConfig()
         self.gen_cfg = gen_cfg or GenerateConfig()
-        native = has_reflection_tokens(generator.tokenizer)
+        native = has_reflection_tokens(generator)
         mode = self.cfg.critique
         if mode == "native" and not native:
             raise ValueError("selfrag.critique=native but the tokenizer lacks the reflection tokens; "
                              "use critique=auto or verbalised, or a Self-RAG model")
         self.native = native if mode == "auto" else mode == "native"
         self.weights = selfrag.CritiqueWeights(self.cfg.w_rel, self.cfg.w_sup, self.cfg.w_use)
-        self.extra_special = [t for t in getattr(generator.tokenizer, "all_special_tokens", [])
-                              if t not in selfrag.SPECIAL_TOKENS]
+        self.extra_special = [t for t in generator.special_tokens() if t not in selfrag.SPECIAL_TOKENS]
 
     @property
     def mode(self) -> str:
@@ -127,15 +133,22 @@ class SelfRag:
         passage = hit.passage if hit else None
         if self.native:
             return selfrag.format_prompt(instruction, passage, self.extra_special)
-        user = instruction
-        if passage is not None:
-            user = ("Reference passage:\n" + selfrag.format_paragraph(passage, self.extra_special)
-                    + "\n\n" + instruction)
-        return self.gen.chat_prompt(user)
+        return self.gen.chat_prompt(self._user_text(instruction, hit))
+
+    def _user_text(self, text: str, hit: Hit | None) -> str:
+        """The verbalised user turn: the reference passage (defused) first, then the text."""
+        if hit is None:
+            return text
+        return "Reference passage:\n" + selfrag.format_paragraph(hit.passage, self.extra_special) + "\n\n" + text
 
     def _critic(self, template: str, **fields: str) -> str:
-        clean = {k: selfrag.neutralise(v, self.extra_special) if k == "passage" else v for k, v in fields.items()}
-        return self.gen.chat_prompt(template.format(**clean))
+        return self.gen.chat_prompt(template.format(**fields))
+
+    def _follow_up(self, question: Question, hit: Hit | None, answer: str, template: str) -> str:
+        """A critic question as the next turn of the answer's conversation (its passage and instruction)."""
+        user = self._user_text(selfrag.question_instruction(question), hit)
+        return self.gen.chat_turns([{"role": "user", "content": user}, {"role": "assistant", "content": answer},
+                                    {"role": "user", "content": template}])
 
     # ------------------------------------------------------------ the pass
 
@@ -212,30 +225,29 @@ class SelfRag:
                 crit = selfrag.score_critique(probs, self.weights)
                 parsed = selfrag.parse_output(texts[i][s])
                 letter = selfrag.extract_choice(parsed.answer, question.lang, question.options) if question.options else None
-                samples[s].append(Candidate(_render(parsed.answer, crit, hit), parsed.answer, letter, crit, prompts[i],
-                                            hit, probs=probs))
+                samples[s].append(Candidate(texts[i][s], parsed.answer, letter, crit, prompts[i], hit, probs=probs))
         return samples
 
     def _complete_letters(self, pending: list[tuple[Question, Candidate]]) -> None:
         """Outputs that name no option (often cut off mid-explanation) get one more step, as in two-stage
         chain-of-thought evaluation: the language's answer cue is appended and the option letter the
-        model finds most probable next is taken. The cue and letter are appended to the text, so the
-        record shows what was voted on; `completed` marks it. The extractor itself never guesses."""
+        model finds most probable next is taken. The model did not sample that cue and letter as its
+        completion of the prompt, so `text` (what DPO pairs use) stays the raw completion; the appended
+        part goes to `completion` (and `answer`, which shows what was voted on), and `completed` marks
+        it. The extractor itself never guesses."""
         if not pending:
             return
         letters = sorted({letter for q, _ in pending for letter in q.options})
         # "A" and " A" are both ways to write the letter after the cue; the spaced form counts only where it
         # is one token (next_token_probs reads first tokens, and a lone space token is not a letter)
-        tok = self.gen.tokenizer
-        variants = [v for letter in letters for v in (letter, " " + letter)
-                    if len(tok.encode(v, add_special_tokens=False)) == 1]
+        variants = [v for letter in letters for v in (letter, " " + letter) if self.gen.is_single_token(v)]
         prompts = [c.prompt + c.answer.rstrip() + "\n" + text_for(q.lang).answer_cue for q, c in pending]
         tables = self.gen.next_token_probs(prompts, variants)
         for (q, c), table in zip(pending, tables):
             letter = max(q.options, key=lambda k: table.get(k, 0.0) + table.get(" " + k, 0.0))
-            c.answer = f"{c.answer.rstrip()}\n{text_for(q.lang).answer_cue} {letter}".strip()
+            c.completion = f"\n{text_for(q.lang).answer_cue} {letter}"
+            c.answer = (c.answer.rstrip() + c.completion).strip()
             c.letter, c.completed = letter, True
-            c.text = _render(c.answer, c.critique, c.hit)
 
     # ------------------------------------------------------------ critique
 
@@ -246,16 +258,15 @@ class SelfRag:
         rel_tables: list[dict[str, float]] = [{} for _ in slots]
         with_passage = [i for i, h in enumerate(slots) if h is not None]
         if with_passage:
-            rel_prompts = [self._critic(CRITIC_RELEVANCE, passage=_passage_text(slots[i].passage), question=qtext)
+            rel_prompts = [self.gen.chat_prompt(self._user_text(CRITIC_RELEVANCE.format(question=qtext), slots[i]))
                            for i in with_passage]
             for i, t in zip(with_passage, self.gen.next_token_probs(rel_prompts, YES_NO)):
                 rel_tables[i] = {selfrag.RELEVANT: t["Yes"], selfrag.IRRELEVANT: t["No"]}
         flat = [(i, s, selfrag.parse_output(texts[i][s]).answer) for i in range(len(slots)) for s in range(len(texts[i]))]
         sup_idx = [k for k, (i, _, _) in enumerate(flat) if slots[i] is not None]
-        sup_prompts = [self._critic(CRITIC_SUPPORT, passage=_passage_text(slots[flat[k][0]].passage),
-                                    answer=flat[k][2]) for k in sup_idx]
+        sup_prompts = [self._follow_up(question, slots[flat[k][0]], flat[k][2], CRITIC_SUPPORT) for k in sup_idx]
         sup = dict(zip(sup_idx, self.gen.next_token_probs(sup_prompts, DIGITS[:3]))) if sup_idx else {}
-        use_prompts = [self._critic(CRITIC_UTILITY, question=qtext, answer=a) for _, _, a in flat]
+        use_prompts = [self._follow_up(question, slots[i], a, CRITIC_UTILITY) for i, _, a in flat]
         use = self.gen.next_token_probs(use_prompts, DIGITS)
         tables: list[list[dict[str, float]]] = [[{} for _ in texts[i]] for i in range(len(slots))]
         for k, (i, s, _) in enumerate(flat):
@@ -265,11 +276,6 @@ class SelfRag:
             table.update(zip(selfrag.UTILITY_TOKENS, (use[k][d] for d in DIGITS)))
             tables[i][s] = table
         return tables
-
-
-def _render(answer: str, crit: Critique, hit: Hit | None) -> str:
-    return selfrag.render_output(answer, crit, hit.passage if hit else None, retrieved=hit is not None,
-                                 include_passage=False)
 
 
 def _vote(question: Question, samples: list[list[Candidate]], hits: list[Hit], p_ret: float | None) -> RagAnswer:
@@ -288,10 +294,6 @@ def _positive(score: float) -> float:
     return max(score, 1e-3)
 
 
-def _passage_text(p: Passage) -> str:
-    return f"{p.title}\n{p.text}"
-
-
 TRANSLATE_PROMPT = (
     "Translate the following answer from {src} into {tgt}. Keep option letters (A, B, C, ...) exactly as they are. "
     "Reply with the translation only.\n\n{text}")
@@ -300,13 +302,15 @@ TRANSLATE_PROMPT = (
 class Translator:
     """The generator's own translation of a winning answer, for languages where no sample agreed.
 
-    Only the answer text is translated; the reflection tokens around it are kept as they were.
+    Only the answer text of the source's raw completion is translated; a native model's reflection
+    tokens around it are kept as it wrote them. The result is no sample of the model in the target
+    language, so pairs mark it (`PreferencePair.chosen_source="translation"`) and report its share.
     The generator loads on first use, so runs that never need a translation never load it.
     """
 
-    def __init__(self, load: Generator | callable, max_new_tokens: int = 128):
+    def __init__(self, load: Callable[[], Generator], max_new_tokens: int = 128):
         self._load = load
-        self._gen: Generator | None = load if isinstance(load, Generator) else None
+        self._gen: Generator | None = None
         self.cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
 
     def __call__(self, text: str, src: str, tgt: str) -> str:

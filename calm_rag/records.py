@@ -80,12 +80,13 @@ class Generation:
     question_id: str
     lang: str
     sample: int
-    text: str  # what the model wrote, reflection tokens included
+    text: str  # the raw completion the model sampled for `prompt`, byte for byte (its own reflection tokens only)
     letter: str | None
     critique: Critique = field(default_factory=Critique)
     passage_ids: tuple[str, ...] = ()
     prompt: str = ""
     completed: bool = False  # the letter came from the answer-cue step (rag.SelfRag._complete_letters)
+    completion: str = ""  # with `completed`: the cue and letter that step appended ("\nAnswer: B"), not in `text`
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class PreferencePair:
     rejected: str
     question_id: str = ""
     lang: str = ""
-    chosen_source: str = "sample"  # "sample" or "translation"
+    chosen_source: str = "sample"  # "sample" (a sampled completion) or "translation" (not the model's own sample)
 
 
 R = TypeVar("R")

@@ -107,7 +107,9 @@ class Retriever:
     def search_vectors(self, q: np.ndarray, k: int | None = None, lang: str | Iterable[str] | None = None,
                        source: str | Iterable[str] | None = None) -> list[list[Hit]]:
         """Top-k hits for already-encoded queries (unit-norm rows)."""
-        k = k or self.cfg.k
+        k = self.cfg.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r}: ask for at least 1 passage per query")
         q = np.ascontiguousarray(q, dtype=np.float32)
         langs = _as_set(lang)
         if langs is not None:
@@ -139,6 +141,9 @@ class Retriever:
             raise TypeError("search takes a list of queries; wrap a single query in a list")
         if not queries:
             return []
+        empty = [i for i, text in enumerate(queries) if not isinstance(text, str) or not text.strip()]
+        if empty:
+            raise ValueError(f"query {empty[0] + 1} of {len(queries)} is empty; give the text to search for")
         q = self.encoder.encode_query(list(queries), batch_size=self.cfg.batch_size)
         return self.search_vectors(q, k, lang, source)
 

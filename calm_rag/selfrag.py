@@ -370,7 +370,9 @@ def parse_output(text: str) -> ParsedOutput:
 #     `Réponse`, `Antwort`, `Risposta`, `答え`, `正解`, `option`, ...) followed by a colon or a
 #     copula (`is`, `est`, `ist`, `lautet`, `è`, `是`, `は`, ...), and Chinese `故选`. The text after
 #     the cue (that line, or the next line when it is empty) must start with a letter
-#     (`D`, `D.`, `(D)`, `<D>`, `Option D`) or be exactly one option's text; a second letter on the
+#     (`D`, `D.`, `(D)`, `<D>`, `Option D`; after a cue also lowercase `d`, `d.`, `(d)` standing alone,
+#     never the first letter of a word: "the answer is a good one" names none; abbreviated cues
+#     `Ans.`, `Rép. :`, `Antw.:`, `Risp.:` count) or be exactly one option's text; a second letter on the
 #     same line (`C or D`) makes that cue ambiguous; a colon-less cue ("the answer is B) x. But A)
 #     ...") reads to the end of its sentence only. When cues name different letters the output
 #     is ambiguous -> None. Data note: in the CALM release's samples that happens in 10 of 16,182
@@ -400,6 +402,9 @@ _CUE_RE = re.compile(
     rf"(?:\s*(?:{_COPULA})(?:\s*(?:{_FILLER})(?!{_WORD}))?\s*:?|\s*:))"
     rf"|(?:{_COPULA_NOUNS})\s*(?:{_COPULA})\s*:?"
     r"|(?i:lautet\s+die\s+(?:richtige\s+|korrekte\s+)?antwort)\s*:?"
+    # abbreviated cues (`Ans. B`, `Rép. : c`, `Antw.: D`, `Risp: b`): a dot or a colon, never a copula;
+    # `Ans` capitalised only, since French `ans` (years) ends many sentences
+    rf"|(?<!{_WORD})(?:Ans|ANS|(?i:r[ée]p|antw|risp))(?:\.\s*:?|\s*:)"
     r"|(?:故|所以|因此|因而|应|應|我)(?:选择|选|選)(?=\s*[A-Z])"
 )
 # the letter must open a sentence or follow an option word: "(A, B, C, D, E) è corretta" is a list
@@ -419,6 +424,16 @@ _POST_RE = re.compile(
 _LEAD_RE = re.compile(
     r"""^[\s"'“”‘’「」『』《<\[【]*(?i:(?:the\s+)?(?:option|choice|opzione|l'option|选项|選択肢)\s*)?"""
     r"(?:\(([A-Z])\)|([A-Z]))(?![A-Za-z])"
+)
+# after a cue only: a lowercase letter (`the answer is b`, `答案是d`, `Risposta: (d)`) standing alone,
+# followed by punctuation, a space or CJK text, never a word that starts with it ("a good", "e.g.")
+_LOWER_LEAD_RE = re.compile(
+    r"""^[\s"'“”‘’「」『』《<\[【]*(?i:(?:the\s+)?(?:option|choice|opzione|l'option|选项|選択肢)\s*)?"""
+    r"(?:\(([a-z])\)|([a-z])(?=[.):,;。、]?(?:\s|$|[\u3040-\u30ff\u3400-\u9fff])))"
+)
+_OTHER_LOWER_RE = re.compile(
+    r"(?<![A-Za-z])(?:\(([a-z])\)|([a-z])(?=\s*(?:[.)\]>:,、。;；/]|$)))"
+    r"|(?:(?<![A-Za-z])(?:or|and|ou|et|oder|und|o|e)\s+|[,、，]\s*|或者|或|和|または|と|か)([a-z])(?![A-Za-z])"
 )
 _OTHER_LETTER_RE = re.compile(
     r"(?<![A-Za-z])(?:\(([A-Z])\)|([A-Z])(?=\s*(?:[.)\]>:,、。;；/]|$))"
@@ -492,8 +507,13 @@ def _read_span(span: str, table: Mapping[str, str], sentence: bool = False) -> s
     "the answer is B) relief. However, A) ...") only the rest of the first sentence counts."""
     m = _LEAD_RE.match(span)
     letter = m and (m.group(1) or m.group(2))
+    lower = None
     if not letter or letter not in table:
-        return _match_text(span, table)
+        lower = _LOWER_LEAD_RE.match(span)
+        letter = lower and (lower.group(1) or lower.group(2)).upper()
+        if not letter or letter not in table:
+            return _match_text(span, table)
+        m = lower
     rest = span[m.end():]
     after = _after_option(rest, table[letter])
     if m.group(2) and after is None and re.match(r"[ \t]+[a-zà-ÿ]", rest):
@@ -502,6 +522,8 @@ def _read_span(span: str, table: Mapping[str, str], sentence: bool = False) -> s
     if sentence:
         scan = re.split(r"[.!?。！？](?:\s|$)|[;；]", scan.lstrip(" .):"), maxsplit=1)[0]
     others = {next(g for g in o.groups() if g) for o in _OTHER_LETTER_RE.finditer(scan)}
+    if lower:  # a lowercase answer letter: lowercase letters after it are other answers too ("a, b")
+        others |= {next(g for g in o.groups() if g).upper() for o in _OTHER_LOWER_RE.finditer(scan)}
     return _AMBIGUOUS if others & (set(table) - {letter}) else letter
 
 

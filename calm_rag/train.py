@@ -143,6 +143,32 @@ def prepare_pairs(rows: list[dict[str, str]], tokenizer, max_length: int) -> tup
     return out, n_cut
 
 
+def pair_logprobs(model, tokenizer, rows: list[dict[str, str]]) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed log-probabilities of each row's answers after its prompt, tokenized as trl
+    tokenizes them (prompt and answer apart, BOS where the tokenizer adds one, EOS after the answer).
+
+    DPO raises the margin chosen minus rejected relative to the reference (the adapter disabled).
+    """
+    import torch
+
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for row in rows:
+            prompt = bos + tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            pair = []
+            for col in ("chosen", "rejected"):
+                ids = prompt + tokenizer(row[col], add_special_tokens=False)["input_ids"] + eos
+                x = torch.tensor([ids], device=device)
+                logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
+                targets = x[0, 1:, None]
+                pair.append(float(logp.gather(-1, targets)[len(prompt) - 1:].sum()))
+            out.append((pair[0], pair[1]))
+    return out
+
+
 # ---------------------------------------------------------------- model pieces
 
 

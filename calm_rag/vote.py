@@ -193,3 +193,73 @@ def consistency(answers: Mapping[str, Mapping[str, str | None]], langs: Sequence
         if s is not None:
             scores.append(s)
     return sum(scores) / len(scores) if scores else float("nan")
+
+
+# ---------------------------------------------------------------- the training signal, before DPO
+
+SHARE_BINS = 10  # winner-share histogram bins of width 0.1; the last one includes 1.0
+
+
+def winner_share(vote: Vote) -> float | None:
+    """The winning letter's share of the votes cast (weights under weighting="critique"); None without a winner."""
+    total = sum(vote.counts.values())
+    if vote.winner is None or total <= 0:
+        return None
+    return vote.counts.get(vote.winner, 0.0) / total
+
+
+def _share_bin(share: float) -> str:
+    k = min(int(share * SHARE_BINS + 1e-9), SHARE_BINS - 1)
+    return f"{k / SHARE_BINS:.1f}-{(k + 1) / SHARE_BINS:.1f}"
+
+
+def training_signal(generations: Iterable[Generation], votes: Mapping[str, Vote], gold: Mapping[str, str | None],
+                    n_options: Mapping[str, int] | None = None, min_agreement: float | None = None) -> dict:
+    """How good the vote is as a DPO target, on the questions with a gold letter (JSON-ready).
+
+    vote_accuracy (no winner = wrong) against `chance` (mean of 1 / options over those questions,
+    from `n_options`), per-language sample accuracy, and the distribution of the winner's vote
+    share (`winner_share`) in bins of 0.1, each bin with its questions and how many of those with
+    gold the vote got right, so a `min_agreement` can be chosen from it; with `min_agreement`,
+    the same accuracy on the questions it keeps.
+    """
+    gens = list(generations)
+    with_gold = {qid for qid in votes if gold.get(qid) is not None}
+    right = {qid for qid in with_gold if votes[qid].winner == gold[qid]}
+    sizes = [n_options[qid] for qid in with_gold if n_options and n_options.get(qid)]
+    shares = {qid: winner_share(v) for qid, v in votes.items()}
+    bins = {_share_bin((k + 0.5) / SHARE_BINS): {"questions": 0, "with_gold": 0, "right": 0}
+            for k in range(SHARE_BINS)}
+    for qid, share in shares.items():
+        if share is None:
+            continue
+        b = bins[_share_bin(share)]
+        b["questions"] += 1
+        b["with_gold"] += qid in with_gold
+        b["right"] += qid in right
+    known = sorted(s for s in shares.values() if s is not None)
+    out = {
+        "questions": len(votes),
+        "with_gold": len(with_gold),
+        "vote_right": len(right),
+        "vote_accuracy": len(right) / len(with_gold) if with_gold else None,
+        "chance": sum(1 / n for n in sizes) / len(sizes) if sizes else None,
+        "sample_accuracy": sample_accuracy((g for g in gens if g.question_id in votes), gold),
+        "no_winner": sum(s is None for s in shares.values()),
+        "winner_share": {"mean": sum(known) / len(known) if known else None,
+                         "median": known[len(known) // 2] if known else None,
+                         "min": known[0] if known else None, "bins": bins},
+    }
+    if min_agreement is not None:
+        kept = {qid for qid, s in shares.items() if s is not None and s >= min_agreement}
+        kept_gold, kept_right = kept & with_gold, kept & right
+        out["min_agreement"] = {"threshold": min_agreement, "questions": len(kept), "with_gold": len(kept_gold),
+                                "vote_right": len(kept_right),
+                                "vote_accuracy": len(kept_right) / len(kept_gold) if kept_gold else None}
+    return out
+
+
+def weak_signal(signal: Mapping) -> bool:
+    """The vote is right no more often than chance on the questions with gold (or it is never right)."""
+    acc, chance = signal.get("vote_accuracy"), signal.get("chance")
+    return acc is not None and (acc <= chance if chance is not None else acc == 0)

@@ -50,19 +50,19 @@ def main() -> None:
 
     from calm_rag import selfrag
     from calm_rag.config import GenerateConfig, SelfRagConfig
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.pipeline import load_retriever
     from calm_rag.qa import load_questions
     from calm_rag.rag import SelfRag
 
-    gen = Generator.load(args.model, device="cpu")
+    gen = load_generator(args.model, device="cpu")
     retriever = load_retriever(args.index)
     cfg = GenerateConfig(n=args.n, temperature=0.8, max_new_tokens=args.max_new_tokens, seed=0,
                          min_new_tokens=args.max_new_tokens if args.fixed_length else 0,
                          batch_size=args.batch_size, units_per_batch=args.units_per_batch)
     rag = SelfRag(gen, retriever, SelfRagConfig(top_k=args.k, retrieval="always"), cfg)
     langs = args.langs.split(",")
-    files = {"demo": REPO / "corpora" / "demo_questions" / "{lang}.json",
+    files = {"demo": REPO / "calm_rag" / "data" / "demo_questions" / "{lang}.json",
              "xcsqa": REPO.parent / "shared" / "data" / "xcsqa" / "train" / "{lang}.json",
              "medqa": REPO.parent / "shared" / "data" / "medqa" / "usmle" / "{lang}.json"}
     per_lang = {lang: load_questions(str(files[args.data]).format(lang=lang), lang=lang) for lang in langs}

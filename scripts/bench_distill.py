@@ -52,7 +52,7 @@ def _retrieval(p: float | None) -> str | None:
 
 def run(args) -> dict:
     from calm_rag.config import GenerateConfig, SelfRagConfig
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.pipeline import load_retriever
     from calm_rag.rag import SelfRag
 
@@ -66,7 +66,7 @@ def run(args) -> dict:
     retriever = load_retriever(cfg.index, cfg.embedder)
     teacher = make_teacher(cfg, retriever=retriever)
     gcfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    student = SelfRag(Generator.load(str(student_dir), device=cfg.device), retriever,
+    student = SelfRag(load_generator(str(student_dir), device=cfg.device), retriever,
                       SelfRagConfig(retrieval="adaptive", threshold=0.5, top_k=cfg.top_k, critique="native"), gcfg)
     if args.samples > 1:  # the timed answers sample as CALM does; labels and well-formedness stay greedy
         timed = GenerateConfig(n=args.samples, temperature=args.temperature, max_new_tokens=cfg.max_new_tokens,

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 SETS = {"xcsqa": "xcsqa/train/{lang}.json", "medqa": "medqa/usmle/{lang}.json"}
+SPLITS = {"xcsqa": "xcsqa.json", "medqa": "medqa-usmle.json"}
 
 
 def main() -> None:
@@ -37,19 +38,22 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--units-per-batch", type=int, default=12)
     ap.add_argument("--out", default=str(REPO / "runs" / "eval_selfrag"))
+    ap.add_argument("--train-split", action="store_true",
+                    help="the first N questions of the committed splits' train lists (splits/*.json), never dev")
+    ap.add_argument("--backend", default="auto", help="generation engine (auto: llama.cpp on CPU)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"skipped: {SHARED} not found (this script reads the real QA data in ../shared/data)")
 
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.evaluate import evaluate_generations
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.pipeline import load_retriever, sample_units
     from calm_rag.qa import load_questions
     from calm_rag.rag import SelfRag
 
     langs = args.langs.split(",")
-    gen = Generator.load(args.model)
+    gen = load_generator(args.model, backend=args.backend)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gen_cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
@@ -59,8 +63,15 @@ def main() -> None:
         index = getattr(args, f"{name}_index")
         retriever = load_retriever(index) if any(m != "never" for m in args.modes.split(",")) else None
         # question-major: a batch holds whole questions in all their languages
-        per_lang = {lang: load_questions(SHARED / SETS[name].format(lang=lang), lang=lang, dataset=name)[:args.questions]
-                    for lang in langs}
+        if args.train_split:  # qa.py's own ids (xcsqa-train-12) are the ones the split files list
+            train = json.loads((REPO / "splits" / SPLITS[name]).read_text())["train"][:args.questions]
+            per_lang = {}
+            for lang in langs:
+                by_id = {q.id: q for q in load_questions(SHARED / SETS[name].format(lang=lang), lang=lang)}
+                per_lang[lang] = [by_id[i] for i in train]
+        else:
+            per_lang = {lang: load_questions(SHARED / SETS[name].format(lang=lang), lang=lang,
+                                             dataset=name)[:args.questions] for lang in langs}
         units = [per_lang[lang][i] for i in range(args.questions) for lang in langs]
         gold = {q.id: q.gold for q in units}
         for mode in args.modes.split(","):
@@ -74,21 +85,25 @@ def main() -> None:
             rep = evaluate_generations(gens, gold, langs=langs)
             free = {lang: sum(g.letter is not None and not g.completed for g in gens if g.lang == lang)
                     / max(1, sum(g.lang == lang for g in gens)) for lang in langs}
-            rows.append((name, mode, index if mode != "never" else "-", rep, free, time.time() - started, answered))
-            (out / f"{name}-{mode}.report.json").write_text(json.dumps({**rep.to_dict(), "free_parse_rate": free},
-                                                                       indent=1))
+            letters = [g.letter for g in gens if g.letter]
+            shares = {k: letters.count(k) / max(1, len(letters)) for k in sorted(set(letters))}
+            rows.append((name, mode, index if mode != "never" else "-", rep, free, time.time() - started, answered,
+                         shares))
+            (out / f"{name}-{mode}.report.json").write_text(json.dumps({**rep.to_dict(), "free_parse_rate": free,
+                                                                        "letter_shares": shares}, indent=1))
         deltas.append((name, retrieval_effect(out / f"{name}-never.jsonl", out / f"{name}-always.jsonl", units,
                                               gold, langs)))
     print(f"model {args.model}, critique {rag.mode}, k={args.k}, {args.questions} questions per set and language, "
           f"greedy, max_new_tokens {args.max_new_tokens}, {args.units_per_batch} units per batch")
     head = " | ".join(f"{lang} parsed | {lang} acc" for lang in langs)
-    print(f"| set | retrieval | index | {head} | vote acc | consistency | seconds/unit |")
-    print("|---|---|---|" + "---:|" * (2 * len(langs) + 3))
-    for name, mode, index, rep, free, secs, n in rows:
+    print(f"| set | retrieval | index | {head} | vote acc | consistency | letters | seconds/unit |")
+    print("|---|---|---|" + "---:|" * (2 * len(langs) + 2) + "---|---:|")
+    for name, mode, index, rep, free, secs, n, shares in rows:
         per_unit = f"{secs / n:.1f}" if n > 0 else "-"  # nothing answered: every unit was on disk
         cells = " | ".join(f"{100 * free[lang]:.0f}% | {100 * rep.accuracy[lang]:.1f}" for lang in langs)
+        mix = " ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
         print(f"| {name} | {mode} | {Path(index).name if index != '-' else '-'} | {cells} | "
-              f"{100 * rep.vote_accuracy:.1f} | {100 * (rep.consistency or 0):.1f} | {per_unit} |")
+              f"{100 * rep.vote_accuracy:.1f} | {100 * (rep.consistency or 0):.1f} | {mix} | {per_unit} |")
     for name, effect in deltas:
         if effect:
             print(f"{name}, always - never, paired bootstrap over the {args.questions} questions (1000 resamples, "

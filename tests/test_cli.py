@@ -1,6 +1,7 @@
 """The calm-rag command, in process, on tiny models: every subcommand a user reaches first."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,11 @@ def test_models_info_local_folder(capsys, tiny_lm_dir):
 
 @pytest.fixture(scope="module")
 def cli_index(tmp_path_factory, tiny_embedder_path):
-    from pathlib import Path
+    from calm_rag.corpora import DEMO_CORPUS
 
-    repo = Path(__file__).resolve().parent.parent
     out = tmp_path_factory.mktemp("cli") / "idx"
-    code = main(["index", "build", "--corpus", str(repo / "corpora" / "demo" / "en.jsonl"),
-                 str(repo / "corpora" / "demo" / "zh.jsonl"), "--out", str(out),
-                 "--embedder", str(tiny_embedder_path)])
+    code = main(["index", "build", "--corpus", str(DEMO_CORPUS / "en.jsonl"), str(DEMO_CORPUS / "zh.jsonl"),
+                 "--out", str(out), "--embedder", str(tiny_embedder_path)])
     assert code == 0
     return out
 
@@ -76,8 +75,14 @@ selfrag: {{index: "{cli_index}", top_k: 2, retrieval: always}}
 data: {{max_train: 2, max_eval: 1}}
 """)
     run = tmp_path / "run"
-    for stage in ("sample", "vote", "pairs"):
-        code, out, err = _run(capsys, "calm", stage, "--config", str(cfg), "--run", str(run))
+    code, out, err = _run(capsys, "calm", "sample", "--config", str(cfg), "--run", str(run))
+    assert code == 0, err
+    # eval before train: one line naming the command to run first, before the base model answers anything
+    code, _, err = _run(capsys, "calm", "eval", "--run", str(run))
+    assert code == 2 and err.count("\n") == 1 and "calm eval:" in err and f"calm-rag calm train --run {run}" in err
+    assert not (run / "eval").exists()
+    for stage in ("vote", "pairs"):  # a rerun in the run folder needs no --config: the manifest holds it
+        code, out, err = _run(capsys, "calm", stage, "--run", str(run))
         assert code == 0, err
     assert "pairs per language: en" in out
     manifest = json.loads((run / "manifest.json").read_text())
@@ -124,3 +129,126 @@ def test_calm_eval_on_data_files(capsys, tmp_path, monkeypatch, cli_index, tiny_
     # run-folder flags stay with run folders
     code, _, err = _run(capsys, "calm", "eval", "--run", str(tmp_path / "run"), "--adapter", str(adapter))
     assert code == 2 and "--adapter goes with --data" in err
+
+
+def test_calm_index_flag_is_relative_to_the_working_folder(capsys, tmp_path, monkeypatch, cli_index, tiny_lm_dir):
+    """--index DIR names DIR in the working folder, with or without a YAML elsewhere (not the YAML's folder or the
+    repo root)."""
+    work, conf = tmp_path / "work", tmp_path / "conf"
+    work.mkdir()
+    conf.mkdir()
+    (work / "my-index").symlink_to(cli_index)
+    (conf / "run.yaml").write_text(f'model: {{generator: "{tiny_lm_dir}"}}\ncalm: {{languages: [en, zh]}}\n')
+    monkeypatch.chdir(work)
+    for config in (["--config", str(conf / "run.yaml")], []):
+        run = tmp_path / f"run{len(config)}"
+        code, _, err = _run(capsys, "calm", "vote", *config, "--run", str(run), "--index", "my-index")
+        assert code == 2 and "calm-rag calm sample" in err  # nothing sampled yet; the folder has its config
+        saved = json.loads((run / "manifest.json").read_text())["config"]["selfrag"]["index"]
+        assert saved == str(work / "my-index"), config
+
+
+def test_vv_shows_the_traceback_behind_an_error(capsys, tmp_path):
+    code, _, err = _run(capsys, "index", "info", str(tmp_path / "missing"))
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    code, _, err = _run(capsys, "-vv", "index", "info", str(tmp_path / "missing"))
+    assert code == 2 and "Traceback (most recent call last)" in err and "load_index" in err
+    assert err.splitlines()[-1].startswith("calm-rag: error:") and "missing" in err.splitlines()[-1]
+
+
+def _cli(args, cwd, home, stdin="", timeout=300):
+    """`calm-rag ARGS` in a fresh process, from `cwd`, with $CALM_RAG_HOME at `home`."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CALM_RAG_HOME=str(home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-m", "calm_rag.cli", *args], cwd=cwd, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_vv_shows_the_shells_start_error_traceback(tmp_path, tiny_lm_dir):
+    args = ["shell", "--index", str(tmp_path / "nope"), "--model", str(tiny_lm_dir)]
+    quiet = _cli(args, tmp_path, tmp_path / "home")
+    flat = " ".join(quiet.stderr.split())  # rich wraps the message at the terminal's width
+    assert quiet.returncode == 2 and "no such index folder" in flat and "Traceback" not in flat
+    loud = _cli(["-vv", *args], tmp_path, tmp_path / "home")
+    assert loud.returncode == 2 and "Traceback (most recent call last)" in loud.stderr, loud.stderr[-2000:]
+    assert "no such index folder" in " ".join(loud.stderr.split())
+
+
+def _home_with_tiny_embedder(home, tiny_embedder_path):
+    """$CALM_RAG_HOME where the packaged default embedder is the tiny one: the bundled defaults, offline."""
+    import shutil
+
+    from calm_rag.models import DEFAULT_EMBEDDER, MARKER
+
+    folder = home / "models" / DEFAULT_EMBEDDER
+    shutil.copytree(tiny_embedder_path, folder)
+    (folder / MARKER).write_text("{}\n")
+    return home
+
+
+def test_shell_starts_from_any_folder_on_the_bundled_demo_index(tmp_path, tiny_lm_dir, tiny_embedder_path):
+    """From an empty folder, outside the repo: the demo index is built on first use (with a progress bar) in
+    $CALM_RAG_HOME from the demo corpus shipped with the package, then reused."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    home = _home_with_tiny_embedder(tmp_path / "home", tiny_embedder_path)
+    args = ["shell", "--model", str(tiny_lm_dir), "--backend", "transformers", "--retrieval", "always", "-k", "1",
+            "--max-new-tokens", "4"]
+    first = _cli(args, empty, home, stdin="Where do you keep milk?\n:quit\n")
+    index = home / "indexes" / "demo"
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"building the demo index in {index}" in first.stderr and "embedding" in first.stderr  # progress bar
+    assert "answer ·" in first.stdout and "sources" in first.stdout
+    built = (index / "manifest.json").stat().st_mtime_ns
+    assert json.loads((index / "manifest.json").read_text())["counts"]["by_lang"].keys() == {
+        "en", "zh", "fr", "de", "it", "ja"}
+    again = _cli(args, empty, home, stdin=":quit\n")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "building" not in again.stderr and (index / "manifest.json").stat().st_mtime_ns == built  # reused
+    assert list(empty.iterdir()) == []  # nothing written to the working folder
+
+
+def test_ask_shows_progress_on_stderr(capsys, tmp_path, monkeypatch, tiny_lm_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CALM_RAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # stderr counts as a terminal, so the status line draws
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    code, out, err = _run(capsys, "ask", "Where do you keep milk?", "--model", str(tiny_lm_dir), "--max-new-tokens",
+                          "4", "--json")
+    assert code == 0 and json.loads(out)["question"]["lang"] == "en"  # stdout stays the answer alone
+    assert "loading the generator" in err and "answering" in err
+
+
+def test_demo_runs_on_package_data_from_any_folder(tmp_path, monkeypatch):
+    from calm_rag.pipeline import demo_config, ensure_index
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CALM_RAG_HOME", str(tmp_path / "home"))
+    cfg = demo_config(quick=True)
+    package = Path(__import__("calm_rag").__file__).parent
+    assert all(Path(f).is_file() and Path(f).is_relative_to(package / "data") for f in cfg.data.files.values())
+    index = tmp_path / "home" / "indexes" / "demo"
+    index.mkdir(parents=True)
+    (index / "manifest.json").write_text("{}")  # as built before: reused, not rebuilt
+    assert ensure_index(cfg) == index
+
+
+def test_package_data_ships_the_demo_corpus_and_questions():
+    """pyproject's package-data covers every file under calm_rag/data, and the bundled demo recipe is
+    indexes/demo.yaml's (only the output folder differs)."""
+    import dataclasses
+    import tomllib
+
+    from calm_rag.index import demo_recipe, load_recipe
+
+    repo = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["calm_rag"]
+    shipped = {p for pattern in patterns for p in (repo / "calm_rag").glob(pattern)}
+    data = {p for p in (repo / "calm_rag" / "data").rglob("*") if p.is_file()}
+    assert data and shipped == data
+    assert {p.parent.name for p in data} == {"demo", "demo_questions"}
+    assert demo_recipe("x") == dataclasses.replace(load_recipe("demo"), output=Path("x"))

@@ -12,8 +12,8 @@ import pytest
 from calm_rag.languages import DEFAULT_LANGS, LANGUAGES
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO / "corpora" / "demo"
-QUESTIONS = REPO / "corpora" / "demo_questions"
+CORPUS = REPO / "calm_rag" / "data" / "demo"  # shipped as package data
+QUESTIONS = REPO / "calm_rag" / "data" / "demo_questions"
 LANGS = DEFAULT_LANGS  # en, zh, fr, de, it, ja
 FIELDS = ["id", "title", "contents", "lang", "source"]
 SOURCES = {"med": "demo-medical", "cs": "demo-commonsense"}
@@ -76,7 +76,7 @@ def test_corpus_lines_have_exactly_the_five_nonempty_string_fields(corpus):
     for lang, rows in corpus.items():
         assert rows, f"{lang}.jsonl is empty"
         for i, row in enumerate(rows, 1):
-            where = f"corpora/demo/{lang}.jsonl:{i}"
+            where = f"calm_rag/data/demo/{lang}.jsonl:{i}"
             assert isinstance(row, dict), where
             assert list(row) == FIELDS, f"{where}: fields {list(row)}, expected exactly {FIELDS} in that order"
             for f in FIELDS:
@@ -88,7 +88,7 @@ def test_corpus_ids_unique_lang_and_source_match(corpus):
     seen: set[str] = set()
     for lang, rows in corpus.items():
         for i, row in enumerate(rows, 1):
-            where = f"corpora/demo/{lang}.jsonl:{i}"
+            where = f"calm_rag/data/demo/{lang}.jsonl:{i}"
             m = ID_RE.match(row["id"])
             assert m, f"{where}: id {row['id']!r} does not match demo-<med|cs>-<NNNN>-<lang>"
             kind, _, id_lang = m.groups()
@@ -149,7 +149,7 @@ def test_questions_are_calm_format_and_parallel(questions):
         for cue in (text.explanation_cue, text.answer_cue):
             assert cue in instruction, f"{lang}.json: instruction should show the output format with {cue!r}"
         for i, item in enumerate(items):
-            where = f"corpora/demo_questions/{lang}.json item {i}"
+            where = f"calm_rag/data/demo_questions/{lang}.json item {i}"
             assert set(item) == {"instruction", "input", "output"}, f"{where}: keys {sorted(item)}"
             _, options = _split_input(item["input"], lang, where)
             assert item["output"] in LETTERS, f"{where}: gold {item['output']!r} is not one of A-E"
@@ -177,7 +177,7 @@ def test_every_question_is_supported_by_a_passage_in_every_language(questions, s
     for s in support:
         for lang in LANGS:
             pid = f"{s['passage']}-{lang}"
-            assert pid in by_id, f"support.json: passage {pid} is missing from corpora/demo/{lang}.jsonl"
+            assert pid in by_id, f"support.json: passage {pid} is missing from calm_rag/data/demo/{lang}.jsonl"
             passage = by_id[pid]
             item = questions[lang][s["index"]]
             where = f"{lang} question {s['index']}"

@@ -16,7 +16,7 @@ from calm_rag.distill import (DistillConfig, Distillation, Example, add_reflecti
 from calm_rag.records import Document, Passage, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_Q = {lang: str(REPO / "corpora" / "demo_questions" / f"{lang}.json") for lang in ("en", "zh")}
+DEMO_Q = {lang: str(REPO / "calm_rag" / "data" / "demo_questions" / f"{lang}.json") for lang in ("en", "zh")}
 DOCS = [
     Document("d1", "Insulin", "The pancreas produces insulin.", "en", "demo"),
     Document("d2", "Milk", "Milk is kept cold in the fridge.", "en", "demo"),
@@ -147,10 +147,10 @@ def test_loss_mask_is_exactly_the_non_passage_response(tiny_with_tokens):
 
 @pytest.fixture(scope="module")
 def teacher(tiny_lm_dir, index_dir, tiny_embedder_path, tmp_path_factory):
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
 
     cfg = _cfg(tmp_path_factory.mktemp("t"), tiny_lm_dir, index_dir, tiny_embedder_path)
-    return make_teacher(cfg, generator=Generator.load(str(tiny_lm_dir), device="cpu"))
+    return make_teacher(cfg, generator=load_generator(str(tiny_lm_dir), backend="transformers", device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_cli_distill_resumes_labels_and_makes_a_native_model(labelled, tiny_lm_d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from calm_rag.cli import main
-    from calm_rag.generate import Generator
+    from calm_rag.generate import load_generator
     from calm_rag.rag import SelfRag, has_reflection_tokens
     from calm_rag.records import Question
 
@@ -317,11 +317,15 @@ def test_cli_distill_resumes_labels_and_makes_a_native_model(labelled, tiny_lm_d
     assert f"labelled: {len(examples)} examples from 4 questions" in printed.out
     assert str(out / "model") in printed.out
     AutoModelForCausalLM.from_pretrained(str(out / "model"))
-    assert has_reflection_tokens(AutoTokenizer.from_pretrained(str(out / "model")))
-    rag = SelfRag(Generator.load(str(out / "model"), device="cpu"))
+    from tests.fixtures.recording import Recording
+
+    rag = SelfRag(Recording(load_generator(str(out / "model"), backend="transformers", device="cpu")))
+    assert has_reflection_tokens(rag.gen)
     assert rag.mode == "native"
     q = Question("q", "en", "Which organ makes insulin?", {"A": "pancreas", "B": "liver"}, "A")
-    assert rag.answer(q, n=1).samples[0][0].text.startswith(selfrag.NO_RETRIEVAL)
+    answer = rag.answer(q, n=1).samples[0][0]
+    # what the model itself wrote (2 SFT steps need not teach it the tokens yet), never a rendering
+    assert answer.text in rag.gen.sampled and answer.prompt == selfrag.format_prompt(selfrag.question_instruction(q))
     stages = json.loads((out / "distill.json").read_text())["stages"]
     assert stages["train"]["steps"] == 2 and stages["label"]["questions"] == 4
     assert [e.__dict__ for e in read_examples(out / "labelled.jsonl")] == [e.__dict__ for e in examples]

@@ -1,11 +1,11 @@
 import pytest
 
 from calm_rag.config import GenerateConfig
-from calm_rag.generate import Generator
+from calm_rag.generate import load_generator
 
 
 def _gen(path):
-    return Generator.load(str(path), device="cpu")
+    return load_generator(str(path), backend="transformers", device="cpu")
 
 
 def test_batched_sampling_shapes_and_seed(tiny_lm_dir):
@@ -93,7 +93,7 @@ def test_generate_scored_reads_the_raw_probabilities_at_the_first_step(tiny_lm_d
 def test_nucleus_sampler_draws_from_the_top_p_set_in_proportion(k):
     import torch
 
-    from calm_rag.generate import _NucleusSampler
+    from calm_rag.backend_transformers import _NucleusSampler
 
     torch.manual_seed(0)
     probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])  # top_p 0.85 keeps the first three (0.9 >= 0.85)
@@ -109,7 +109,7 @@ def test_nucleus_sampler_draws_from_the_top_p_set_in_proportion(k):
 def test_nucleus_sampler_applies_the_temperature():
     import torch
 
-    from calm_rag.generate import _NucleusSampler
+    from calm_rag.backend_transformers import _NucleusSampler
 
     torch.manual_seed(0)
     scores = torch.tensor([[2.0, 1.0, 0.0]]).repeat(4000, 1)

@@ -267,7 +267,7 @@ def test_demo_recipe_corpus_validates():
     from calm_rag.corpora import load_documents
 
     recipe = load_recipe("demo")
-    if not list((REPO / "corpora" / "demo").glob("*.jsonl")):
-        pytest.skip("corpora/demo/*.jsonl not present yet")
+    if not list((REPO / "calm_rag" / "data" / "demo").glob("*.jsonl")):
+        pytest.skip("calm_rag/data/demo/*.jsonl not present yet")
     docs = load_documents(recipe.corpora)
     assert {d.lang for d in docs} == {"en", "zh", "fr", "de", "it", "ja"}

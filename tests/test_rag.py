@@ -4,9 +4,10 @@ import pytest
 
 from calm_rag import selfrag
 from calm_rag.config import GenerateConfig, SelfRagConfig
-from calm_rag.generate import Generator
+from calm_rag.generate import load_generator
 from calm_rag.rag import SelfRag, has_reflection_tokens
 from calm_rag.records import Document, Question
+from tests.fixtures.recording import Recording
 
 DOCS = [
     Document("d1", "Milk", "Milk is kept cold in the fridge.", "en", "demo"),
@@ -27,7 +28,7 @@ def retriever(tiny_encoder, tmp_path_factory):
 
 
 def _rag(path, retriever, **cfg):
-    gen = Generator.load(str(path), device="cpu")
+    gen = Recording(load_generator(str(path), backend="transformers", device="cpu"))
     return SelfRag(gen, retriever, SelfRagConfig(**{"top_k": 4, **cfg}),
                    GenerateConfig(n=2, temperature=1.0, max_new_tokens=8, seed=3))
 
@@ -47,16 +48,16 @@ def test_answer_always_retrieve(which, request, retriever):
     assert len(ans.samples) == 2 and all(len(s) == 4 for s in ans.samples)
     for cands in ans.samples:
         for c in cands:
-            assert c.text.count(selfrag.PARAGRAPH_OPEN) == 0  # never the passage in the output
+            assert c.text in rag.gen.sampled  # the raw completion, byte for byte: never re-rendered
             assert c.critique.p_retrieve is None  # 'always' has no retrieval probability
             parsed = selfrag.parse_output(c.text)
-            assert parsed.answer == c.answer
+            assert c.answer == (parsed.answer.rstrip() + c.completion).strip()
             # the prompt holds exactly one (neutralised) paragraph
             assert c.prompt.count(selfrag.PARAGRAPH_OPEN) == 1 and c.prompt.count(selfrag.PARAGRAPH_CLOSE) == 1
             assert "[Fully supported]" not in c.prompt.split(selfrag.PARAGRAPH_OPEN)[1]
     gens = ans.generations()
     assert [g.sample for g in gens] == [0, 1]
-    assert all(g.passage_ids for g in gens)
+    assert all(g.passage_ids for g in gens) and all(g.text in rag.gen.sampled for g in gens)
 
 
 def test_verbalised_critique_is_scored(tiny_lm_dir, retriever):
@@ -66,14 +67,17 @@ def test_verbalised_critique_is_scored(tiny_lm_dir, retriever):
         crit = c.critique
         assert 0 <= crit.rel <= 1 and 0 <= crit.sup <= 1 and -1 <= crit.use <= 1
         assert crit.score == pytest.approx(crit.rel + crit.sup + 0.5 * crit.use)
-        assert c.text.startswith(("[Relevant]", "[Irrelevant]"))
-        assert any(t in c.text for t in selfrag.UTILITY_TOKENS)
+        # the critique lives in the record; the text is the model's own answer, with no synthetic tokens
+        assert c.text in rag.gen.sampled and not any(t in c.text for t in selfrag.SPECIAL_TOKENS)
 
 
 def test_never_and_adaptive(tiny_lm_dir, retriever):
-    never = _rag(tiny_lm_dir, retriever, retrieval="never").answer(Q)
+    rag = _rag(tiny_lm_dir, retriever, retrieval="never")
+    never = rag.answer(Q)
     assert not never.retrieved and never.hits == []
-    assert all(c.text.startswith(selfrag.NO_RETRIEVAL) for c in never.samples[0])
+    for c in never.samples[0]:
+        assert c.text in rag.gen.sampled and selfrag.NO_RETRIEVAL not in c.text  # no token the model never wrote
+        assert selfrag.PARAGRAPH_OPEN not in c.prompt
     lo = _rag(tiny_lm_dir, retriever, retrieval="adaptive", threshold=0.0)
     hi = _rag(tiny_lm_dir, retriever, retrieval="adaptive", threshold=1.0)
     (r_lo, p_lo), = lo.retrieval_decision([Q])
@@ -107,7 +111,7 @@ def test_answer_many_batches_questions_like_one_at_a_time(which, request, retrie
 
 def test_native_probabilities_from_logits(tiny_selfrag_lm_dir, retriever):
     rag = _rag(tiny_selfrag_lm_dir, retriever, retrieval="adaptive", threshold=0.0)
-    assert has_reflection_tokens(rag.gen.tokenizer)
+    assert has_reflection_tokens(rag.gen)
     (decide, p), = rag.retrieval_decision([Q])
     assert p is not None and 0 < p < 1
     ans = rag.answer(Q)
@@ -123,7 +127,7 @@ def test_translator_keeps_reflection_tokens(tiny_lm_dir):
 
     def load():
         loads.append(1)
-        return Generator.load(str(tiny_lm_dir), device="cpu")
+        return load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
 
     tr = Translator(load, max_new_tokens=6)
     text = "[Relevant]B. the oven[Fully supported][Utility:4]"
@@ -146,7 +150,11 @@ def test_outputs_without_a_letter_are_completed_after_the_answer_cue(tiny_lm_dir
                 assert (c.letter, c.completed, c.answer) == (c0.letter, False, c0.answer)
                 continue
             assert c.completed and c.letter in Q.options
-            assert c.answer == c0.answer.rstrip() + "\nAnswer: " + c.letter  # the record shows what was voted on
-            assert selfrag.extract_choice(selfrag.parse_output(c.text).answer, "en", Q.options) == c.letter
+            assert c.completion == "\nAnswer: " + c.letter  # recorded apart from what the model sampled
+            assert c.answer == c0.answer.rstrip() + c.completion  # the record shows what was voted on
+            assert c.text == c0.text  # the pair text stays the model's own completion
+            assert selfrag.extract_choice(c.answer, "en", Q.options) == c.letter
     assert all(letter in Q.options for letter in on.letters)
-    assert any(g.completed for g in on.generations())
+    completed = [g for g in on.generations() if g.completed]
+    assert completed and all(g.completion == "\nAnswer: " + g.letter and g.text in
+                             [c.text for cands in off.samples for c in cands] for g in completed)

@@ -37,7 +37,7 @@ def shell_index(tmp_path_factory, tiny_encoder) -> Path:
     from calm_rag.index import build_index
 
     out = tmp_path_factory.mktemp("shell_index") / "index"
-    files = [REPO / "corpora" / "demo" / f"{lang}.jsonl" for lang in ("en", "zh")]
+    files = [REPO / "calm_rag" / "data" / "demo" / f"{lang}.jsonl" for lang in ("en", "zh")]
     return build_index(files, tiny_encoder, out, chunk=ChunkConfig(max_tokens=100, overlap_tokens=16), progress=False)
 
 
@@ -105,6 +105,8 @@ def test_session_handles_lines(tiny_lm_dir, shell_index, tmp_path, one_thread):
     assert [line.split()[1] for line in xl.splitlines() if re.match(r"^│ (en|zh|fr) ", line)] == ["en", "zh", "fr"]
 
     path = tmp_path / "out" / "session.jsonl"
+    assert "does not exist" in render(session.handle_line(f":save {path}"))  # no folder made outside the cwd
+    path.parent.mkdir()
     assert "saved 3 record(s)" in render(session.handle_line(f":save {path}"))
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["kind"] for r in records] == ["answer", "answer", "xl"]
@@ -269,7 +271,7 @@ def test_packaged_generator_answers_chinese_medical_question(tmp_path):
     index = REPO / "indexes" / "demo"
     if not (index / "manifest.json").exists():
         index = build_from_recipe(dataclasses.replace(load_recipe("demo"), output=tmp_path / "demo"), progress=False)
-    item = json.loads((REPO / "corpora" / "demo_questions" / "zh.json").read_text(encoding="utf-8"))[0]
+    item = json.loads((REPO / "calm_rag" / "data" / "demo_questions" / "zh.json").read_text(encoding="utf-8"))[0]
     home = tmp_path / "home"
     env_home = Path(os.environ.get("CALM_RAG_HOME", Path.home() / ".cache" / "calm-rag"))
     (home / "models").mkdir(parents=True)

@@ -103,7 +103,7 @@ def _demo_split_cfg(tmp_path, train, dev, **data):
 
 
 def test_split_file_decides_train_and_eval(tmp_path):
-    ids = [f"corpora-demo_questions-{i}" for i in range(8)]
+    ids = [f"data-demo_questions-{i}" for i in range(8)]
     cfg, split = _demo_split_cfg(tmp_path, train=[ids[5], ids[1], ids[2]], dev=[ids[7], ids[0]])
     assert cfg.data.split == str(split)  # relative to the YAML file
     train_qs, eval_qs = Run(tmp_path / "run", cfg).questions()
@@ -117,7 +117,7 @@ def test_split_file_decides_train_and_eval(tmp_path):
 
 
 def test_split_file_errors_name_the_file(tmp_path):
-    ids = [f"corpora-demo_questions-{i}" for i in range(3)]
+    ids = [f"data-demo_questions-{i}" for i in range(3)]
     cfg, split = _demo_split_cfg(tmp_path, train=ids[:2] + ["xcsqa-train-5"], dev=ids[2:])
     with pytest.raises(ConfigError, match=r"split\.json: 1 question id\(s\) of the split are missing.*xcsqa-train-5"):
         split_questions(cfg, load_aligned(cfg))

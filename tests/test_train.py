@@ -176,3 +176,36 @@ def test_train_config_new_fields_validate():
     assert TrainConfig(train_tokens=False).train_tokens == "none"  # YAML "no"
     with pytest.raises(ConfigError, match="train.train_tokens"):
         TrainConfig(train_tokens="maybe")
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_dpo_raises_the_margin_and_the_adapter_disabled_is_the_reference(reflection, tiny_lm_dir,
+                                                                         tiny_selfrag_lm_dir, tmp_path):
+    """A few DPO steps raise the mean log-prob margin (chosen minus rejected) on the training pairs, and
+    the trained model with its adapter disabled (LoRA and trained reflection-token rows) is the base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from calm_rag.train import pair_logprobs, prepare_pairs
+
+    model_dir = tiny_selfrag_lm_dir if reflection else tiny_lm_dir
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, _pairs(reflection=reflection))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    rows = load_pairs(pairs)
+    assert prepare_pairs(rows, tok, FAST["max_length"])[1] == 0  # no prompt is cut: these rows are what trl sees
+
+    def margin(logprobs):
+        return sum(c - r for c, r in logprobs) / len(logprobs)
+
+    reference = pair_logprobs(AutoModelForCausalLM.from_pretrained(str(model_dir)).eval(), tok, rows)
+    result = train_dpo(pairs, str(model_dir), tmp_path / "dpo", TrainConfig(max_steps=3, save_steps=10, **FAST),
+                       device="cpu")
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(result.adapter))
+    tuned.eval()
+    after = pair_logprobs(tuned, tok, rows)
+    assert margin(after) > margin(reference) + 0.1, (margin(reference), margin(after))
+    with tuned.disable_adapter():
+        back = pair_logprobs(tuned, tok, rows)
+    flat = lambda logprobs: [x for pair in logprobs for x in pair]  # noqa: E731
+    assert flat(back) == pytest.approx(flat(reference), abs=1e-4)

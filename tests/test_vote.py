@@ -8,7 +8,8 @@ import pytest
 
 from calm_rag.records import Critique, Generation
 from calm_rag.vote import (answer_accuracy, consistency, language_answers, majority_vote, question_consistency,
-                           sample_accuracy, vote_accuracy, vote_all, vote_stats)
+                           sample_accuracy, training_signal, vote_accuracy, vote_all, vote_stats, weak_signal,
+                           winner_share)
 
 
 def g(lang, letter, sample=0, qid="q", score=0.0):
@@ -103,3 +104,35 @@ def test_consistency_uses_per_language_majorities():
             g("fr", "A", 0), g("fr", "C", 1), g("fr", "A", 2),
             g("zh", "B", 0), g("zh", "B", 1), g("zh", "A", 2)]
     assert consistency(language_answers(gens)) == pytest.approx(1 / 3)  # A, A, B
+
+
+def test_winner_share_counts_and_weights():
+    gens = [g("en", "A"), g("en", "B", 1), g("fr", "B"), g("fr", None, 1), g("zh", "B", score=2.0), g("zh", "A", 1)]
+    assert winner_share(majority_vote(gens)) == pytest.approx(3 / 5)  # unparseable samples cast no vote
+    weighted = majority_vote(gens, weighting="critique")  # A: 2e-3, B: 2e-3 + 2.0
+    assert winner_share(weighted) == pytest.approx((2.0 + 2e-3) / (2.0 + 4e-3))
+    assert winner_share(majority_vote([g("en", None)])) is None
+
+
+def test_training_signal_hand_worked():
+    gens = [g("en", "A", 0, "q1"), g("fr", "A", 0, "q1"), g("zh", "B", 0, "q1"),  # A wins 2/3, gold A
+            g("en", "C", 0, "q2"), g("fr", "C", 0, "q2"), g("zh", "C", 0, "q2"),  # C wins 3/3, gold D
+            g("en", "B", 0, "q3"), g("fr", "A", 0, "q3"),  # tie, A or B; no gold
+            g("en", None, 0, "q4")]  # no winner, gold A
+    votes = vote_all(gens)
+    gold = {"q1": "A", "q2": "D", "q3": None, "q4": "A"}
+    sig = training_signal(gens, votes, gold, {"q1": 4, "q2": 4, "q3": 5, "q4": 5}, min_agreement=0.6)
+    assert (sig["questions"], sig["with_gold"], sig["vote_right"], sig["no_winner"]) == (4, 3, 1, 1)
+    assert sig["vote_accuracy"] == pytest.approx(1 / 3) and sig["chance"] == pytest.approx((0.25 + 0.25 + 0.2) / 3)
+    assert sig["sample_accuracy"] == {"en": pytest.approx(1 / 3), "fr": pytest.approx(1 / 2), "zh": 0.0}
+    bins = sig["winner_share"]["bins"]
+    assert len(bins) == 10 and bins["0.5-0.6"] == {"questions": 1, "with_gold": 0, "right": 0}
+    assert bins["0.6-0.7"] == {"questions": 1, "with_gold": 1, "right": 1}
+    assert bins["0.9-1.0"] == {"questions": 1, "with_gold": 1, "right": 0}
+    assert sig["winner_share"]["min"] == pytest.approx(0.5) and sig["winner_share"]["mean"] == pytest.approx(
+        (2 / 3 + 1 + 0.5) / 3)
+    assert sig["min_agreement"] == {"threshold": 0.6, "questions": 2, "with_gold": 2, "vote_right": 1,
+                                    "vote_accuracy": 0.5}
+    assert not weak_signal(sig)  # 1/3 right > 0.233 chance
+    assert weak_signal({**sig, "vote_accuracy": 0.2}) and weak_signal({"vote_accuracy": 0.0, "chance": None})
+    assert not weak_signal({"vote_accuracy": None, "chance": 0.25})  # no gold: nothing to warn about
