@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from calm_rag.models import DEFAULT_GENERATOR
+from calm_rag.selfrag import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -127,15 +128,6 @@ def cmd_index_search(args: argparse.Namespace) -> int:
             print(f"{rank:>2}. {h.score:.3f} [{printable(p.lang)}/{printable(p.source)}] {printable(p.title)}: "
                   f"{printable(p.text)[:160]}")
     return 0
-
-
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """Text safe for a terminal: control characters (escape sequences, carriage returns, bidi overrides) from a
-    corpus or a model output are dropped, line breaks and tabs become spaces."""
-    return _CONTROL_RE.sub("", re.sub(r"\r\n|[\n\t]", " ", str(text)))
 
 
 # ---------------------------------------------------------------- ask

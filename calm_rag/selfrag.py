@@ -575,3 +575,14 @@ def extract_choice(text: str, lang: str, options: Mapping[str, str] | Sequence[s
     if m and (m.group(1) or re.match(r"\s*(?:[.):]|$)", first[m.end():])):
         return _decide([_read_span(first, table)])
     return _decide([_match_text(t, table)])
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, keep_lines: bool = False) -> str:
+    """Text safe for a terminal: control characters (escape sequences, carriage returns, bidi overrides) from a
+    corpus or a model output are dropped; tabs and (unless keep_lines) line breaks become spaces."""
+    text = str(text).replace("\r\n", "\n")
+    text = re.sub(r"\t" if keep_lines else r"[\n\t]", " ", text)
+    return _CONTROL_RE.sub("", text)

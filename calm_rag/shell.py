@@ -360,7 +360,8 @@ class ShellSession:
         panels = []
         for i, hit in enumerate(hits, 1):
             p = hit.passage
-            panels.append(Panel(Text(p.text), title=Text(f"[{i}] {p.title}"), title_align="left",
+            panels.append(Panel(Text(selfrag.printable(p.text, keep_lines=True)),
+                                title=Text(f"[{i}] {selfrag.printable(p.title)}"), title_align="left",
                                 subtitle=Text(f"{p.source} · {p.lang} · {p.id} · score {hit.score:.3f}"),
                                 subtitle_align="left"))
         return Group(*panels)
@@ -424,7 +425,7 @@ class ShellSession:
         if decision[0]:
             self._emit("status", f"{label}retrieving")
             hits = self.retriever.search([selfrag.question_text(question)], k=self.k)[0]
-        labels = [f"{label}[{i}] {h.passage.title} ({h.passage.lang})" for i, h in enumerate(hits, 1)]
+        labels = [f"{label}[{i}] {selfrag.printable(h.passage.title)} ({h.passage.lang})" for i, h in enumerate(hits, 1)]
         self._emit("rows", labels or [f"{label}(no passage)"])
         self._emit("status", f"{label}generating")
         self._row_offset, self._raw_rows, self._streaming = 0, {}, True
@@ -554,7 +555,7 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
     best = a.best(0)
     letter = a.letters[0]
     body = Text()
-    said = best.answer.strip()
+    said = selfrag.printable(best.answer, keep_lines=True).strip()  # model output: no escape sequences reach the terminal
     if q.options:
         if letter:
             chosen = f"{letter}. {q.options.get(letter, '?')}"
@@ -583,7 +584,7 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
                 continue
             c = cand.critique
             use = selfrag.critique_tokens(c)[2]
-            table.add_row("★" if cand is best else "", str(i + 1), f"{hit.score:.3f}", Text(hit.passage.title),
+            table.add_row("★" if cand is best else "", str(i + 1), f"{hit.score:.3f}", Text(selfrag.printable(hit.passage.title)),
                           Text(hit.passage.source), hit.passage.lang, cand.letter or "-", _fmt(c.rel), _fmt(c.sup),
                           "-" if use is None else f"{selfrag.UTILITY_TOKENS.index(use) + 1}/5", f"{c.score:.2f}")
         parts.append(table)
@@ -593,13 +594,14 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
         parts.append(Text("sources: none (retrieval not triggered; :retrieval always forces it)", style="dim"))
     if raw:
         for i, cand in enumerate(a.samples[0]):
-            where = f"[{i + 1}] {cand.hit.passage.title}" if cand.hit else "(no passage)"
+            where = f"[{i + 1}] {selfrag.printable(cand.hit.passage.title)}" if cand.hit else "(no passage)"
             model_text = (turn.raw_texts[i] if i < len(turn.raw_texts) else cand.text).strip()
             # the critique shown as Self-RAG's reflection tokens around the answer (display only; what the
             # model wrote, which pairs and records keep, is the line below)
             view = selfrag.render_output(cand.answer, cand.critique, cand.hit.passage if cand.hit else None,
                                          retrieved=cand.hit is not None, include_passage=False)
-            parts.append(Panel(Group(Text(view), Text("model wrote: ", style="dim") + Text(model_text)),
+            parts.append(Panel(Group(Text(selfrag.printable(view, keep_lines=True)), Text("model wrote: ", style="dim")
+                                     + Text(selfrag.printable(model_text, keep_lines=True))),
                                title=Text(f"raw Self-RAG output {where}"), title_align="left", border_style="dim"))
     return Group(*parts)
 

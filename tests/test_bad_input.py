@@ -476,3 +476,35 @@ def test_unrecognised_qa_record_names_no_python_arguments(capsys, tmp_path):
                        "--model", tmp_path / "no-such-model", "--out", tmp_path / "ev")
     clean_error(code, err, "unrecognised record", "convert the file")
     assert "pass fmt= and columns=" not in err
+
+
+def test_shell_output_drops_terminal_control_sequences():
+    """Passages and model outputs reach the shell's panels through selfrag.printable: an escape sequence that
+    would retitle the terminal or clear the screen is dropped, line breaks stay."""
+    from calm_rag.selfrag import printable
+
+    hostile = "Heart\x1b]0;pwned\x07 pumps\x1b[2J blood\nline two\r\nthree\u202e"
+    out = printable(hostile, keep_lines=True)
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\r" not in out
+    assert out.splitlines()[0].startswith("Heart") and "line two" in out and len(out.splitlines()) == 3
+    assert "\n" not in printable(hostile)
+    import inspect
+
+    from calm_rag import shell
+
+    source = inspect.getsource(shell.render_turn) + inspect.getsource(shell.ShellSession)
+    assert source.count("selfrag.printable(") >= 4  # answer, passage titles and texts, raw outputs
+
+
+def test_cuda_device_without_cuda_is_a_clean_error(capsys, tiny_lm_dir):
+    """--device cuda on a machine without CUDA: one line naming --device and the fix, before any model loads."""
+    import torch
+
+    from calm_rag.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["ask", "What pumps blood?", "--model", str(tiny_lm_dir), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device cuda" in err and "--device cpu" in err and "Traceback" not in err
+    assert err.count("\n") == 1
