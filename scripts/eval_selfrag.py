@@ -80,7 +80,8 @@ def main() -> None:
             path = out / f"{name}-{mode}.jsonl"
             had = sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
             started = time.time()
-            gens = sample_units(rag, units, path, 1)
+            keys = {(q.id, q.lang) for q in units}
+            gens = [g for g in sample_units(rag, units, path, 1) if (g.question_id, g.lang) in keys]  # a longer run may share the file
             answered = len(gens) - had  # units answered by this call (a torn batch is redone: at least this many)
             rep = evaluate_generations(gens, gold, langs=langs)
             free = {lang: sum(g.letter is not None and not g.completed for g in gens if g.lang == lang)
