@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 
@@ -69,7 +68,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from calm_rag.index import IndexRecipe, build_from_recipe, load_recipe
+    from calm_rag.index_recipes import IndexRecipe, build_from_recipe, load_recipe
 
     if args.recipe:
         recipe = load_recipe(args.recipe)
@@ -266,7 +265,8 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     import re
 
     from calm_rag.evaluate import markdown_table
-    from calm_rag.pipeline import evaluate_files, load_run_config
+    from calm_rag.eval_files import evaluate_files
+    from calm_rag.pipeline import load_run_config
 
     cfg = load_run_config(args.config, model={"generator": args.model}, selfrag={"index": _absolute(args.index),
                           "top_k": args.k}, generate={"max_new_tokens": args.max_new_tokens},
@@ -354,7 +354,7 @@ def _print_signal(record: dict) -> None:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from calm_rag.shell import run_shell
+    from calm_rag.shell_terminal import run_shell
 
     # quiet between answers by default; -v: progress, -vv: debug, with the traceback behind every error
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
@@ -367,7 +367,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_selfrag_distill(args: argparse.Namespace) -> int:
-    from calm_rag.distill import Distillation, load_distill_config
+    from calm_rag.config import load_distill_config
+    from calm_rag.distill import Distillation
 
     cfg = load_distill_config(args.config, out=args.out, model=args.model, index=args.index, embedder=args.embedder,
                               max_questions=args.max_questions, steps=args.steps, device=args.device)

@@ -35,7 +35,6 @@ The first `holdout` questions of each language (by position) are never labelled,
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
@@ -49,9 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag import selfrag
-from calm_rag.config import ConfigError, TrainConfig, from_mapping, option, read_yaml, require
-from calm_rag.languages import check_lang
-from calm_rag.models import DEFAULT_GENERATOR
+from calm_rag.config import ConfigError, DistillConfig, TrainConfig
 from calm_rag.records import (Critique, JsonlAppender, Question, RecordError, atomic_write_text,
                               read_jsonl, write_jsonl)
 
@@ -66,119 +63,6 @@ LABEL_GROUPS: dict[str, tuple[str, ...]] = {
 # settings that change what a labelled example says: a labelled.jsonl made with others is refused
 LABEL_KEYS = ("model", "index", "embedder", "data", "dataset", "langs", "holdout", "top_k", "retrieval",
               "max_new_tokens", "temperature", "seed")
-
-
-# ---------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """One distillation run: teacher/student model, data, labelling and SFT settings."""
-
-    data: dict[str, str] = option("training QA files per language {lang: path} (CALM JSON, X-CSR or MedQA JSONL)")
-    index: str = option("index folder the passages come from (calm-rag index build)")
-    model: str = option("the verbalised teacher and the base of the student: packaged name, folder or hub id",
-                        DEFAULT_GENERATOR)
-    embedder: str | None = option("embedder of the index (default: the one its manifest names)", None)
-    dataset: str = option("dataset name in question ids (default: from the file path)", "")
-    langs: tuple[str, ...] = option("languages to distil, each a key of data", ("en",))
-    holdout: int = option("the first N questions (by position, every language) are kept out for measuring", 0)
-    max_questions: int | None = option("label at most N questions per language after the holdout (None: all)",
-                                       None)
-    top_k: int = option("passages per retrieved question (one example per passage)", 3)
-    retrieval: str = option("critic: the verbalised critic's argmax decides retrieval; always: every question "
-                            "retrieves", "critic")
-    max_new_tokens: int = option("tokens the teacher writes per answer", 96)
-    temperature: float = option("teacher sampling temperature (0: greedy)", 0.0)
-    only_correct: bool = option("train only on examples whose answer letter is the gold letter", False)
-    out: str = option("output folder (labelled data, checkpoints, merged model)", "runs/distill")
-    steps: int = option("SFT optimizer steps", 200)
-    learning_rate: float = option("AdamW learning rate", 2e-4)
-    batch_size: int = option("examples per device step", 4)
-    grad_accum: int = option("gradient accumulation steps", 1)
-    max_length: int = option("max tokens per example; longer passages are cut from their end", 1024)
-    lora_r: int = option("LoRA rank", 16)
-    lora_alpha: int = option("LoRA alpha", 32)
-    lora_dropout: float = option("LoRA dropout", 0.05)
-    lora_targets: str = option("LoRA target modules: all-linear or a comma list such as q_proj,v_proj", "all-linear")
-    save_steps: int = option("checkpoint every N steps (a rerun resumes from the last one)", 50)
-    seed: int = option("seed of teacher sampling and SFT", 0)
-    device: str | None = option("cpu, cuda or None for automatic", None)
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.data, Mapping) and bool(self.data),
-                "distill.data is empty; map each language to its QA file, e.g. en: ../shared/data/xcsqa/train/en.json")
-        langs = (self.langs,) if isinstance(self.langs, str) else tuple(self.langs)
-        if len(langs) == 1 and "," in langs[0]:
-            langs = tuple(x.strip() for x in langs[0].split(",") if x.strip())
-        try:
-            langs = tuple(check_lang(x, "distill.langs") for x in langs)
-            data = {check_lang(k, "distill.data"): str(v) for k, v in self.data.items()}
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        object.__setattr__(self, "langs", langs)
-        object.__setattr__(self, "data", data)
-        require(len(langs) >= 1, "distill.langs is empty; list at least one language")
-        require(len(set(langs)) == len(langs), f"distill.langs repeats a language: {langs}")
-        missing = [x for x in langs if x not in data]
-        require(not missing, f"distill.data has no file for {missing}; add them or drop them from distill.langs")
-        require(bool(self.model), "distill.model is empty; name a model, e.g. qwen2.5-coder-0.5b-instruct")
-        require(bool(self.index), "distill.index is empty; give an index folder, e.g. indexes/demo")
-        require(bool(self.out), "distill.out is empty; give an output folder")
-        require(self.holdout >= 0, f"distill.holdout={self.holdout}; use 0 or more questions")
-        require(self.max_questions is None or self.max_questions >= 1,
-                f"distill.max_questions={self.max_questions}; use a positive number or leave it unset")
-        require(self.top_k >= 1, f"distill.top_k={self.top_k}; use at least 1")
-        require(self.retrieval in ("critic", "always"), f"distill.retrieval={self.retrieval!r}; use critic or always")
-        require(self.max_new_tokens >= 1, f"distill.max_new_tokens={self.max_new_tokens}; use at least 1")
-        require(self.temperature >= 0, f"distill.temperature={self.temperature}; use a value >= 0")
-        require(self.steps >= 1, f"distill.steps={self.steps}; use at least 1")
-        require(self.learning_rate > 0, f"distill.learning_rate={self.learning_rate}; use a positive value")
-        require(self.batch_size >= 1 and self.grad_accum >= 1, "distill.batch_size and distill.grad_accum must be >= 1")
-        require(self.max_length >= 64, f"distill.max_length={self.max_length}; use at least 64 tokens")
-        require(self.lora_r >= 1 and self.lora_alpha >= 1, "distill.lora_r and distill.lora_alpha must be >= 1")
-        require(0 <= self.lora_dropout < 1, f"distill.lora_dropout={self.lora_dropout}; use a value in [0, 1)")
-        require(bool(str(self.lora_targets).strip()), "distill.lora_targets is empty; use all-linear or q_proj,v_proj")
-        require(self.save_steps >= 1, f"distill.save_steps={self.save_steps}; use at least 1")
-        require(self.device in (None, "cpu", "cuda") or str(self.device).startswith("cuda:"),
-                f"distill.device={self.device!r}; use cpu, cuda, cuda:N or leave it unset")
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
-    """A DistillConfig from the `distill:` section of a YAML file; relative paths are relative to the file.
-
-    `overrides` (None: not given) replace file values; their relative paths stay relative to the
-    working directory, as a command-line path would. A model or embedder that is not an existing
-    path is a packaged name or hub id and stays as written.
-    """
-    top = read_yaml(path)
-    if set(top) != {"distill"} or not isinstance(top["distill"], Mapping):
-        raise ConfigError(f"{path}: expected one top-level section `distill:` holding the settings "
-                          f"(found {sorted(top) or 'nothing'}); see configs/distill.yaml")
-    raw = dict(top["distill"])
-    base = Path(path).resolve().parent
-    for key in ("data", "index", "out", "model", "embedder"):
-        if raw.get(key) is None:
-            continue
-        if key == "data":
-            if not isinstance(raw["data"], Mapping):
-                raise ConfigError(f"{path}: data must map languages to files, e.g. data: {{en: en.json}}")
-            raw["data"] = {lang: str(_rel(base, p)) for lang, p in raw["data"].items()}
-        elif key in ("model", "embedder"):
-            candidate = _rel(base, raw[key])
-            raw[key] = str(candidate) if candidate.exists() else str(raw[key])
-        else:
-            raw[key] = str(_rel(base, raw[key]))
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return from_mapping(DistillConfig, raw, f"{path} [distill]")
-
-
-def _rel(base: Path, p: Any) -> Path:
-    q = Path(str(p)).expanduser()
-    return q if q.is_absolute() else Path(os.path.normpath(base / q))
 
 
 # ---------------------------------------------------------------- questions
@@ -492,13 +376,13 @@ def train_sft(labelled: str | Path, cfg: DistillConfig, out_dir: str | Path, res
     from trl import SFTTrainer
 
     from calm_rag.models import load_causal_lm
-    from calm_rag.train import _check_run, _expose_head_bias, _load_dtype, _use_logging, lora_config
+    from calm_rag.train import check_run, expose_head_bias, load_dtype, use_logging, lora_config
 
     start = time.time()
     out_dir = Path(out_dir)
     sft = out_dir / "sft"
     examples = read_examples(labelled)
-    model, tokenizer = load_causal_lm(cfg.model, device="cpu", dtype=_load_dtype(cfg.device))
+    model, tokenizer = load_causal_lm(cfg.model, device="cpu", dtype=load_dtype(cfg.device))
     token_ids = add_reflection_tokens(model, tokenizer)
     rows, dropped = [], 0
     for ex in examples:
@@ -521,7 +405,7 @@ def train_sft(labelled: str | Path, cfg: DistillConfig, out_dir: str | Path, res
                          dropped=dropped, seconds=time.time() - start, resumed_from=None)
     checkpoints = sft / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
-    _check_run(sft, run, resuming=last is not None)
+    check_run(sft, run, resuming=last is not None)
     if not resume and checkpoints.exists():
         shutil.rmtree(checkpoints)
     data_path = sft / "examples.jsonl"
@@ -537,8 +421,8 @@ def train_sft(labelled: str | Path, cfg: DistillConfig, out_dir: str | Path, res
     model.name_or_path = ""
     trainer = SFTTrainer(model=model, args=_sft_args(cfg, checkpoints), train_dataset=dataset,
                          processing_class=tokenizer, peft_config=lora_config(_train_config(cfg), model, tokenizer))
-    _use_logging(trainer)
-    _expose_head_bias(trainer.model)  # trl's fused LM-head loss reads lm_head.bias through peft's wrapper
+    use_logging(trainer)
+    expose_head_bias(trainer.model)  # trl's fused LM-head loss reads lm_head.bias through peft's wrapper
     if last:
         log.info("resuming SFT from %s", last)
     trainer.train(resume_from_checkpoint=last)
@@ -609,9 +493,9 @@ class Distillation:
                                   f"use another out folder or the same settings")
         self.manifest["config"] = new
         self.manifest.setdefault("stages", {})
-        from calm_rag.pipeline import _versions
+        from calm_rag.records import package_versions
 
-        self.manifest.setdefault("versions", _versions())
+        self.manifest.setdefault("versions", package_versions())
         self._save()
 
     def _save(self) -> None:

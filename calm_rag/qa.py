@@ -277,7 +277,7 @@ def _calm_item_to_question(item: Any, index: int, lang: str, dataset: str, where
 # files
 
 
-def _lang_from_path(path: Path) -> str | None:
+def lang_from_path(path: Path) -> str | None:
     """`en.json` -> en; `x_csqa_cn_train.json` -> zh; otherwise a known code among the parts."""
     aliases = {"cn": "zh"}
     tokens = re.split(r"[_\-.]", path.stem.lower())
@@ -370,9 +370,9 @@ def load_questions(path: Any, lang: str | None = None, fmt: str = "auto", *, dat
         except FileNotFoundError as exc:
             raise QAFormatError(f"{path}: not a saved Hugging Face dataset folder ({exc}); "
                                 "point at a .json/.jsonl file or a save_to_disk folder") from exc
-        return _load_hf(obj, lang or _lang_from_path(path), dataset or path.name, cols, split, where=str(path))
+        return _load_hf(obj, lang or lang_from_path(path), dataset or path.name, cols, split, where=str(path))
     items, is_jsonl = _read_records(path)
-    lang = lang or _lang_from_path(path)
+    lang = lang or lang_from_path(path)
     dataset = dataset or _dataset_from_path(path)
     out: list[Question] = []
     index = 0
@@ -439,7 +439,7 @@ def load_release_samples(path: str | Path, lang: str | None = None, dataset: str
     """
     path = Path(path)
     items, _ = _read_records(path)
-    lang = check_lang(lang or _lang_from_path(path) or "", str(path))
+    lang = check_lang(lang or lang_from_path(path) or "", str(path))
     dataset = dataset or _dataset_from_path(path)
     out = []
     for index, item in enumerate(items):

@@ -255,3 +255,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file via temp file + rename so readers never see half of it."""
     with atomic_file(path) as fh:
         fh.write(text)
+
+
+def package_versions() -> dict[str, str]:
+    """Python and the installed versions of the libraries a run's results depend on, for its manifest."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("calm-rag", "torch", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
+                "llama_cpp_python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

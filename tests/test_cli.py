@@ -249,7 +249,7 @@ def test_package_data_ships_the_demo_corpus_and_questions():
     import dataclasses
     import tomllib
 
-    from calm_rag.index import demo_recipe, load_recipe
+    from calm_rag.index_recipes import demo_recipe, load_recipe
 
     repo = Path(__file__).resolve().parent.parent
     patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["calm_rag"]

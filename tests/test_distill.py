@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from calm_rag import selfrag
-from calm_rag.config import ConfigError
-from calm_rag.distill import (DistillConfig, Distillation, Example, add_reflection_tokens, argmax_token,
-                              distill_units, encode_example, hard_labels, holdout_units, load_distill_config,
-                              make_teacher, read_examples, render_example, train_sft)
+from calm_rag.config import ConfigError, DistillConfig, load_distill_config
+from calm_rag.distill import (Distillation, Example, add_reflection_tokens, argmax_token, distill_units,
+                              encode_example, hard_labels, holdout_units, make_teacher, read_examples, render_example,
+                              train_sft)
 from calm_rag.records import Document, Passage, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,7 +300,7 @@ def test_cli_distill_resumes_labels_and_makes_a_native_model(labelled, tiny_lm_d
                                                               tiny_embedder_path, tmp_path, capsys):
     import shutil
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from calm_rag.cli import main
     from calm_rag.generate import load_generator

@@ -11,7 +11,8 @@ import pytest
 
 from calm_rag.corpora import ChunkConfig
 from calm_rag.index import (FORMAT_VERSION, IndexBuildError, IndexConfig, IndexLoadError, build_index,
-                            index_info, load_index, load_recipe, make_faiss_index)
+                            index_info, load_index, make_faiss_index)
+from calm_rag.index_recipes import load_recipe
 from calm_rag.records import Document
 
 REPO = Path(__file__).resolve().parent.parent

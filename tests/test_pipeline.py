@@ -222,7 +222,7 @@ QA = __import__("pathlib").Path(__file__).resolve().parent / "data" / "qa"
 
 def test_load_eval_questions_formats_languages_and_alignment(tmp_path):
     from calm_rag.config import ConfigError
-    from calm_rag.pipeline import load_eval_questions
+    from calm_rag.eval_files import load_eval_questions
 
     # X-CSR JSONL: languages from the rows, ids from the file, shared across languages
     a = load_eval_questions([QA / "xcsr_dev.jsonl"])
@@ -257,7 +257,7 @@ def test_load_eval_questions_formats_languages_and_alignment(tmp_path):
 def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     from calm_rag.config import ConfigError
     from calm_rag.evaluate import load_report
-    from calm_rag.pipeline import evaluate_files
+    from calm_rag.eval_files import evaluate_files
 
     cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"max_new_tokens": 4})
     out = tmp_path / "eval"

@@ -147,7 +147,7 @@ def spawn_shell(args: list[str], home: Path, cwd: Path, timeout: float = 120):
     # one torch thread: on a shared CPU, intra-op threads fighting other processes make tiny models 5-10x slower
     env = dict(os.environ, PROMPT_TOOLKIT_NO_CPR="1", CALM_RAG_HOME=str(home), HF_HUB_OFFLINE="1",
                TERM="xterm", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return pexpect.spawn(sys.executable, ["-m", "calm_rag.shell", *args], cwd=str(cwd), env=env, encoding="utf-8",
+    return pexpect.spawn(sys.executable, ["-m", "calm_rag.shell_terminal", *args], cwd=str(cwd), env=env, encoding="utf-8",
                          dimensions=(50, 180), timeout=timeout)
 
 
@@ -263,7 +263,7 @@ def test_missing_or_broken_index_exits_2(tmp_path, tiny_lm_dir):
 @pytest.mark.slow
 def test_packaged_generator_answers_chinese_medical_question(tmp_path):
     """Default generator over the demo index (multilingual-e5-small) answers a Chinese MCQ."""
-    from calm_rag.index import build_from_recipe, load_recipe
+    from calm_rag.index_recipes import build_from_recipe, load_recipe
     from calm_rag.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, fetch_model
 
     fetch_model(DEFAULT_GENERATOR)  # fetched and converted once per machine, as a user's first run does
