@@ -182,10 +182,9 @@ class LlamaCppGenerator(TokenizerGenerator):
     def __init__(self, gguf_path: Path, tokenizer, name: str = "", threads: int = 0, n_ctx: int = 24576,
                  max_seqs: int = 32, n_batch: int = 512, lora: Path | None = None, generation_eos=None,
                  cache_seqs: int = 64, cache_cells: int = 12288):
-        super().__init__(tokenizer, name)
+        super().__init__(tokenizer, name, generation_eos)
         lib = self.lib = _llama()
         self.gguf_path = Path(gguf_path)
-        self.generation_eos = generation_eos
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self._model = lib.llama_model_load_from_file(str(self.gguf_path).encode(), mparams)

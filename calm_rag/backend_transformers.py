@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from calm_rag.config import GenerateConfig
-from calm_rag.generate import GenerationCancelled, TokenizerGenerator, cpu_threads
+from calm_rag.generate import GenerationCancelled, TokenizerGenerator
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,8 @@ class TransformersGenerator(TokenizerGenerator):
     backend = "transformers"
 
     def __init__(self, model, tokenizer, name: str = ""):
-        super().__init__(tokenizer, name)
+        super().__init__(tokenizer, name, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
         self.model = model
-        self.generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         model.register_forward_pre_hook(lambda module, args: self.check_cancel())
 
     @classmethod
@@ -41,7 +40,7 @@ class TransformersGenerator(TokenizerGenerator):
         from calm_rag.models import load_causal_lm
 
         if threads:
-            torch.set_num_threads(cpu_threads(threads))
+            torch.set_num_threads(threads)
         model, tokenizer = load_causal_lm(spec, adapter=adapter, device=device)
         tokenizer.padding_side = "left"
         return cls(model, tokenizer, spec)

@@ -81,9 +81,10 @@ class TokenizerGenerator:
 
     backend = "?"
 
-    def __init__(self, tokenizer, name: str = ""):
+    def __init__(self, tokenizer, name: str = "", generation_eos: int | Sequence[int] | None = None):
         self.tokenizer = tokenizer
         self.name = name
+        self.generation_eos = generation_eos  # the generation config's end-of-turn id(s), if any
         self.observer: Observer | None = None
 
     # ------------------------------------------------------------ tokenizer facts
@@ -122,7 +123,7 @@ class TokenizerGenerator:
     def eos_ids(self) -> set[int]:
         """End-of-turn ids: the tokenizer's and the generation config's (chat models often have two)."""
         ids = {self.tokenizer.eos_token_id} - {None}
-        extra = getattr(self, "generation_eos", None)
+        extra = self.generation_eos
         if extra is not None:
             ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
         return ids

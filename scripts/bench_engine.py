@@ -35,11 +35,11 @@ def units(questions: int):
     from calm_rag.qa import load_questions
 
     split = json.loads((REPO / "splits" / "xcsqa.json").read_text())
-    train = [int(i.rsplit("-", 1)[1]) for i in split["train"]][:questions]  # ids xcsqa-train-N: row N of the file
+    train = split["train"][:questions]  # qa.py's own ids (xcsqa-train-12), as in scripts/eval_selfrag.py
     per_lang = {}
     for lang in LANGS:
-        rows = load_questions(SHARED / f"xcsqa/train/{lang}.json", lang=lang, dataset="xcsqa")
-        per_lang[lang] = [rows[i] for i in train]
+        by_id = {q.id: q for q in load_questions(SHARED / f"xcsqa/train/{lang}.json", lang=lang)}
+        per_lang[lang] = [by_id[i] for i in train]
     return [[per_lang[lang][i] for lang in LANGS] for i in range(questions)]
 
 
