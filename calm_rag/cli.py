@@ -14,6 +14,8 @@ from collections.abc import Callable
 from calm_rag.models import DEFAULT_GENERATOR
 from calm_rag.selfrag import printable
 
+ADAPTER_HELP = "LoRA adapter: a folder (RUN/train/adapter) or a packaged name (calm-rag models list)"
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -27,13 +29,18 @@ def _print_json(data: object) -> None:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from calm_rag.models import PACKAGED, is_ready, model_dir
 
+    from calm_rag.adapters import adapter_base, packaged_adapters
+
     rows = [{"name": m.name, "kind": m.kind, "license": m.license, "fetched": is_ready(m.name),
              "folder": str(model_dir(m.name)), "description": m.description} for m in PACKAGED.values()]
+    rows += [{"name": name, "kind": "adapter", "license": "Apache-2.0", "fetched": True, "folder": str(folder),
+              "description": f"CALM LoRA adapter on {adapter_base(folder)} (package data)"}
+             for name, folder in packaged_adapters().items()]
     if args.json:
         _print_json(rows)
         return 0
     for r in rows:
-        mark = "fetched" if r["fetched"] else "not fetched"
+        mark = "shipped" if r["kind"] == "adapter" else "fetched" if r["fetched"] else "not fetched"
         print(f"{r['name']:<30} {r['kind']:<10} {mark:<12} {r['description']}")
     return 0
 
@@ -141,9 +148,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from calm_rag.pipeline import load_retriever
     from calm_rag.rag import SelfRag
     from calm_rag.records import Question, to_dict
+    from calm_rag.adapters import generator_for
     from calm_rag.shell import fetch_packaged, index_embedder
 
     options = _parse_options(args.options or [])
+    args.model = generator_for(args.model, args.adapter, DEFAULT_GENERATOR)
     lang = args.lang or detect_lang(args.question)
     question = Question("ask", lang, args.question, options)
     # settings are checked before the index and the generator load, so a bad flag fails at once
@@ -207,7 +216,8 @@ def _run(args: argparse.Namespace):
     --config), else the bundled defaults. Path flags are relative to the working folder."""
     from pathlib import Path
 
-    from calm_rag.pipeline import Run, load_run_config, saved_run_config
+    from calm_rag.config import load_run_config, saved_run_config
+    from calm_rag.pipeline import Run
 
     manifest = Path(args.run) / "manifest.json"
     model = getattr(args, "model", None)
@@ -215,7 +225,7 @@ def _run(args: argparse.Namespace):
         "model": {"generator": _absolute(model) if model and Path(model).expanduser().exists() else model,
                   "adapter": _absolute(getattr(args, "adapter", None)),
                   "backend": getattr(args, "backend", None), "threads": getattr(args, "threads", None)},
-        "calm": {"languages": args.langs, "max_questions": None, "vote": getattr(args, "vote", None)},
+        "calm": {"languages": args.langs, "vote": getattr(args, "vote", None)},
         "pairs": {"min_agreement": getattr(args, "min_agreement", None)},
         "generate": {"n": args.n, "max_new_tokens": args.max_new_tokens},
         "data": {"max_train": args.max_train, "max_eval": args.max_eval},
@@ -249,7 +259,8 @@ def _add_eval_files_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", nargs="+", metavar="FILE",
                    help="evaluate on these QA files (CALM .json, X-CSR or MedQA .jsonl) instead of a run folder's "
                         "eval split; languages from the file names or rows, or --langs (one per file)")
-    s.add_argument("--adapter", help="with --data: LoRA adapter folder (e.g. RUN/train/adapter)")
+    s.add_argument("--adapter", help="with --data: " + ADAPTER_HELP + "; its base is the generator unless --model "
+                                     "or the config names one")
     s.add_argument("--retrieval", nargs="+", choices=["always", "never", "adaptive"],
                    help="retrieval mode(s) to evaluate, one table row each, e.g. never always (zero-shot vs "
                         "retrieval); default: the config's eval.retrieval")
@@ -264,18 +275,27 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     """`calm eval --data FILES...`: any QA files, a model and an optional adapter, no run folder."""
     import re
 
+    from calm_rag.adapters import adapter_folder, generator_for
+    from calm_rag.config import load_run_config, read_yaml
     from calm_rag.evaluate import markdown_table
     from calm_rag.eval_files import evaluate_files
-    from calm_rag.pipeline import load_run_config
 
-    cfg = load_run_config(args.config, model={"generator": args.model}, selfrag={"index": _absolute(args.index),
+    adapter = str(adapter_folder(args.adapter).absolute()) if args.adapter else None
+    model = args.model
+    named_in_config = bool(args.config and (read_yaml(args.config).get("model") or {}).get("generator"))
+    if model is None and adapter and not named_in_config:  # the adapter loads its own base
+        model = generator_for(None, adapter, DEFAULT_GENERATOR)
+    cfg = load_run_config(args.config, model={"generator": model}, selfrag={"index": _absolute(args.index),
                           "top_k": args.k}, generate={"max_new_tokens": args.max_new_tokens},
                           eval={"n": args.n, "retrieval": args.retrieval})
     langs = [x for x in re.split(r"[,\s]+", args.langs or "") if x] or None
-    reports = evaluate_files(args.data, cfg, langs=langs, adapter=_absolute(args.adapter),
+    reports = evaluate_files(args.data, cfg, langs=langs, adapter=adapter,
                              max_questions=args.max_questions, split=args.split, out=args.out)
-    if args.json:
-        _print_json({name: r.to_dict() for name, r in reports.items()})
+    if args.json:  # the first retrieval mode's set-level metrics on top, every mode's report under "reports"
+        name, first = next(iter(reports.items()))
+        _print_json({"consistency": first.consistency, "mean_accuracy": first.mean_accuracy,
+                     "vote_accuracy": first.vote_accuracy, "accuracy": first.accuracy, "run": name,
+                     "reports": {name: r.to_dict() for name, r in reports.items()}})
     else:
         print(markdown_table(reports))
         print(f"generations and reports: {next(iter(reports.values())).meta['out']}")
@@ -453,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--index", help="index folder (no retrieval without one)")
     a.add_argument("--options", nargs="+", help='answer options: "A. text" ... or plain texts')
     a.add_argument("--lang", help="question language (default: detected)")
-    a.add_argument("--model", default=DEFAULT_GENERATOR, help="generator: packaged name, folder or hub id")
-    a.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN/train/adapter)")
+    a.add_argument("--model", help=f"generator: packaged name, folder or hub id (default: the adapter's base, else "
+                                   f"{DEFAULT_GENERATOR})")
+    a.add_argument("--adapter", help=ADAPTER_HELP)
     a.add_argument("-k", type=int, default=3, help="passages to read")
     a.add_argument("--retrieval", choices=["adaptive", "always", "never"], default="adaptive")
     a.add_argument("--threshold", type=float, default=0.2)
@@ -501,8 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("shell", help="interactive question answering over an index: streams answers, shows sources")
     s.add_argument("--index", help="index folder (default: ./indexes/demo if built, else the bundled demo index, built "
                                    "on first use in $CALM_RAG_HOME)")
-    s.add_argument("--model", help=f"generator: packaged name, folder or hub id (default: {DEFAULT_GENERATOR})")
-    s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN/train/adapter)")
+    s.add_argument("--model", help=f"generator: packaged name, folder or hub id (default: the adapter's base, else "
+                                   f"{DEFAULT_GENERATOR})")
+    s.add_argument("--adapter", help=ADAPTER_HELP)
     s.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
     s.add_argument("-k", type=int, default=3, help="passages per question")
     s.add_argument("--retrieval", choices=["adaptive", "always", "never"], default="adaptive")

@@ -123,13 +123,17 @@ class CalmConfig:
     vote: str = option("the winner: majority (the paper's: most frequent letter) or weighted (each sample "
                        "weighs its Self-RAG critique score); changeable in a run folder: rerun the vote stage",
                        "majority")
-    max_questions: int | None = option("use only the first N questions (None: all)", None)
+    reuse: str | None = option("run folder of a run on these languages and more, with the same model, sampling, "
+                               "Self-RAG and data settings: this run takes its samples (for its own languages) and "
+                               "its base evaluation instead of computing them again, as the paper's language "
+                               "ablation votes over subsets of one set of samples", None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "languages", check_languages(self.languages, "calm.languages"))
+        require(len(self.languages) >= 2,
+                f"calm.languages={list(self.languages)} has one language, but CALM votes across languages; list at "
+                f"least two (calm.languages: [en, zh] in the run YAML, or --langs en,zh)")
         require(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
-        require(self.max_questions is None or self.max_questions >= 1,
-               f"calm.max_questions={self.max_questions}; use a positive number or leave it unset")
 
 
 @dataclass(frozen=True)
@@ -185,16 +189,6 @@ class TrainConfig:
 
 C = TypeVar("C")
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "generate": GenerateConfig,
-    "selfrag": SelfRagConfig,
-    "calm": CalmConfig,
-    "pairs": PairsConfig,
-    "train": TrainConfig,
-}
-
-
 def from_mapping(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
     """Build a config from a mapping, naming any unknown key and the keys that exist."""
     data = dict(data or {})
@@ -215,13 +209,6 @@ def from_mapping(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
         raise ConfigError(f"{where}: {exc}") from exc
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-
-
-def override(cfg: C, **values: Any) -> C:
-    """Replace only the values given (None means "not given on the command line")."""
-    given = {k: v for k, v in values.items() if v is not None}
-    check_types(type(cfg), given, "override")
-    return dataclasses.replace(cfg, **given) if given else cfg  # type: ignore[type-var]
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -336,13 +323,140 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML run file into {section: config}; other top-level keys are returned as they are."""
-    raw = read_yaml(path)
-    out: dict[str, Any] = dict(raw)
+# ---------------------------------------------------------------- a whole run (calm-rag calm)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    files: dict[str, str] = option("parallel QA files per language {lang: path}", None, )
+    eval_fraction: float = option("share of questions held out for evaluation (by question, all languages)", 0.5)
+    split_seed: int = option("seed of the train/eval split", 0)
+    max_train: int | None = option("use at most N training questions", None)
+    max_eval: int | None = option("use at most N evaluation questions", None)
+    drop_mismatched: bool = option("drop questions whose gold/options disagree across languages", True)
+    split: str | None = option("split file (splits/*.json, from scripts/make_splits.py): train questions come only "
+                               "from its train list, eval only from its dev list; None: a seeded split by "
+                               "eval_fraction", None)
+
+    def __post_init__(self) -> None:
+        require(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
+        require(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
+        for name in ("max_train", "max_eval"):  # a negative count would slice off the last questions
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            require(value is None or value >= 0,
+                    f"data.{name}={value}; use 0 or more questions ({flag} N), or leave it unset for all")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = option("samples per question and language at evaluation (1 = greedy)", 1)
+    retrieval: tuple[str, ...] = option("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
+    languages: tuple[str, ...] | None = option("languages to evaluate in (None: calm.languages); more than were "
+                                               "trained on measures transfer, as in the paper's ablation", None)
+
+    def __post_init__(self) -> None:
+        require(self.n >= 1, f"eval.n={self.n}; use at least 1 sample per question and language (1: greedy)")
+        object.__setattr__(self, "retrieval", tuple(self.retrieval))
+        require(len(self.retrieval) >= 1, "eval.retrieval is empty; list at least one of always, adaptive, never")
+        if self.languages is not None:
+            object.__setattr__(self, "languages", check_languages(self.languages, "eval.languages"))
+        for mode in self.retrieval:
+            require(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole CALM run: every stage's config plus where the data and index are."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    selfrag: SelfRagConfig = field(default_factory=SelfRagConfig)
+    calm: CalmConfig = field(default_factory=CalmConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(files=demo_files()))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    index_recipe: str | None = None  # built on first use when selfrag.index is missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def eval_languages(self) -> tuple[str, ...]:
+        return self.eval.languages or self.calm.languages
+
+    @property
+    def all_languages(self) -> tuple[str, ...]:
+        """Training languages, then the languages only evaluated in: the questions are aligned across all."""
+        return tuple(dict.fromkeys(self.calm.languages + self.eval_languages))
+
+
+SECTIONS = {"model": ModelConfig, "generate": GenerateConfig, "selfrag": SelfRagConfig, "calm": CalmConfig,
+            "pairs": PairsConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
+
+
+def demo_files() -> dict[str, str]:
+    """The demo questions shipped with the package, per language."""
+    from calm_rag.qa import DEMO_QUESTIONS
+
+    return {lang: str(DEMO_QUESTIONS / f"{lang}.json") for lang in ("en", "zh", "fr", "de", "it", "ja")}
+
+
+def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
+    """A RunConfig from a YAML file (paths relative to the file; without one, to the working folder) and
+    section overrides."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        raw = read_yaml(path)
+        base = Path(path).resolve().parent
+    unknown = set(raw) - set(SECTIONS) - {"index_recipe"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)} and index_recipe")
+    built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
-        out[name] = from_mapping(cls, raw.get(name), f"{path} [{name}]")
-    return out
+        data = dict(raw.get(name) or {})
+        if name == "model":  # a folder the file names (./, ../ or existing) is relative to it; names, hub ids stay
+            for key in ("generator", "adapter"):
+                if data.get(key):
+                    data[key] = model_path(base, data[key])
+        data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
+        if name == "data":
+            data.setdefault("files", demo_files())
+            data["files"] = {lang: str(_rel(base, p)) for lang, p in data["files"].items()}
+            if data.get("split"):
+                data["split"] = str(_rel(base, data["split"]))
+        if name == "selfrag" and data.get("index"):
+            data["index"] = str(_rel(base, data["index"]))
+        if name == "calm" and data.get("reuse"):
+            data["reuse"] = str(_rel(base, data["reuse"]))
+        built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
+    cfg = RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
+    if cfg.calm.reuse and not (Path(cfg.calm.reuse) / "manifest.json").is_file():  # before a run folder is made
+        raise ConfigError(f"{path or 'defaults'} [calm]: calm.reuse={cfg.calm.reuse}: not a run folder (no "
+                          f"manifest.json); run that run first, or drop calm.reuse")
+    missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
+    if missing:  # checked here, so a run fails when it is configured, not when its first stage reads the data
+        given = ", ".join(cfg.data.files)
+        raise ConfigError(f"{path or 'defaults'} [data]: data.files has no file for language(s) {missing} of "
+                          f"calm.languages {list(cfg.calm.languages)} / eval.languages (files given: {given}); add "
+                          f"{missing[0]}: PATH under data.files, or run fewer languages (--langs {given.replace(' ', '')})")
+    return cfg
+
+
+def saved_run_config(folder: str | Path, **sections: dict[str, Any]) -> RunConfig:
+    """The config a run folder was started with (its manifest.json) and section overrides (None: keep the
+    saved value), so a stage reruns in a run folder without its --config."""
+    path = Path(folder) / "manifest.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+        merged = {name: {**(saved.get(name) or {}),
+                         **{k: v for k, v in (sections.get(name) or {}).items() if v is not None}}
+                  for name in SECTIONS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's config ({exc}); pass the run YAML with --config") from exc
+    return dataclasses.replace(load_run_config(None, **merged), index_recipe=saved.get("index_recipe", "demo"))
 
 
 # ---------------------------------------------------------------- distillation (calm-rag selfrag distill)
@@ -445,8 +559,7 @@ def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
                 raise ConfigError(f"{path}: data must map languages to files, e.g. data: {{en: en.json}}")
             raw["data"] = {lang: str(_rel(base, p)) for lang, p in raw["data"].items()}
         elif key in ("model", "embedder"):
-            candidate = _rel(base, raw[key])
-            raw[key] = str(candidate) if candidate.exists() else str(raw[key])
+            raw[key] = model_path(base, raw[key])
         else:
             raw[key] = str(_rel(base, raw[key]))
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -454,5 +567,14 @@ def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
 
 
 def _rel(base: Path, p: Any) -> Path:
+    """The one rule for paths in a YAML file: relative to the file's folder (normalised); absolute ones as given."""
     q = Path(str(p)).expanduser()
     return q if q.is_absolute() else Path(os.path.normpath(base / q))
+
+
+def model_path(base: Path, value: Any) -> str:
+    """A model or adapter in a YAML file: a folder (written ./ or ../, or existing beside the file) becomes an
+    absolute path; a packaged name or hub id stays as written."""
+    text = str(value)
+    candidate = _rel(base, text)
+    return str(candidate.resolve()) if text.startswith(".") or candidate.exists() else text

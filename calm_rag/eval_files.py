@@ -10,9 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import ConfigError
-from calm_rag.pipeline import (RunConfig, load_retriever, load_run_config, make_selfrag, sample_units,
-                               split_from_file)
+from calm_rag.config import ConfigError, RunConfig, load_run_config
+from calm_rag.pipeline import load_retriever, make_selfrag, sample_units, split_from_file
 from calm_rag.records import Question, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)

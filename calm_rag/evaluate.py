@@ -68,6 +68,12 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def mean_accuracy(self) -> float | None:
+        """The unweighted mean of the per-language accuracies (the paper's "avg" column)."""
+        values = [self.accuracy[lang] for lang in self.langs if self.accuracy.get(lang) is not None]
+        return sum(values) / len(values) if values else None
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "report") -> EvalReport:
         names = {f.name for f in dataclasses.fields(cls)}

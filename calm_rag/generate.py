@@ -243,9 +243,15 @@ def check_device(device: str | None) -> None:
 
 def load_generator(spec: str, backend: str = "auto", adapter: str | None = None, device: str | None = None,
                    precision: str = "q8_0", threads: int = 0) -> Generator:
-    """The generator for a model spec (packaged name, folder or hub id) on the chosen backend."""
+    """The generator for a model spec (packaged name, folder or hub id) on the chosen backend; `adapter` is a
+    folder or a packaged adapter name, trained on `spec` (else an error naming its base)."""
+    from calm_rag.adapters import adapter_folder, check_base
+
     check_device(device)
     chosen = pick_backend(backend, device)
+    if adapter:
+        adapter = str(adapter_folder(adapter))
+        check_base(spec, adapter)
     if chosen == "llama.cpp":
         if device and str(device).startswith("cuda"):
             raise ValueError("--backend llama.cpp runs on the CPU here; use --backend transformers for --device cuda")

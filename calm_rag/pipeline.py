@@ -17,151 +17,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, ModelConfig, PairsConfig, SelfRagConfig,
-                             TrainConfig, check_languages, require, option, from_mapping, read_yaml)
+from calm_rag.config import ConfigError, GenerateConfig, RunConfig, load_run_config
 from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text,
                               package_versions, read_jsonl, write_jsonl)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    files: dict[str, str] = option("parallel QA files per language {lang: path}", None, )
-    eval_fraction: float = option("share of questions held out for evaluation (by question, all languages)", 0.5)
-    split_seed: int = option("seed of the train/eval split", 0)
-    max_train: int | None = option("use at most N training questions", None)
-    max_eval: int | None = option("use at most N evaluation questions", None)
-    drop_mismatched: bool = option("drop questions whose gold/options disagree across languages", True)
-    split: str | None = option("split file (splits/*.json, from scripts/make_splits.py): train questions come only "
-                               "from its train list, eval only from its dev list; None: a seeded split by "
-                               "eval_fraction", None)
-
-    def __post_init__(self) -> None:
-        require(bool(self.files), "data.files is empty; map each language to its QA file, e.g. en: data/en.json")
-        require(0 <= self.eval_fraction < 1, f"data.eval_fraction={self.eval_fraction}; use a value in [0, 1)")
-        for name in ("max_train", "max_eval"):  # a negative count would slice off the last questions
-            value = getattr(self, name)
-            flag = "--" + name.replace("_", "-")
-            require(value is None or value >= 0,
-                    f"data.{name}={value}; use 0 or more questions ({flag} N), or leave it unset for all")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    n: int = option("samples per question and language at evaluation (1 = greedy)", 1)
-    retrieval: tuple[str, ...] = option("retrieval modes to evaluate: always, adaptive, never", ("adaptive",))
-    before_after: bool = option("evaluate the base model and the trained adapter", True)
-    languages: tuple[str, ...] | None = option("languages to evaluate in (None: calm.languages); more than were "
-                                               "trained on measures transfer, as in the paper's ablation", None)
-
-    def __post_init__(self) -> None:
-        require(self.n >= 1, f"eval.n={self.n}; use at least 1 sample per question and language (1: greedy)")
-        object.__setattr__(self, "retrieval", tuple(self.retrieval))
-        require(len(self.retrieval) >= 1, "eval.retrieval is empty; list at least one of always, adaptive, never")
-        if self.languages is not None:
-            object.__setattr__(self, "languages", check_languages(self.languages, "eval.languages"))
-        for mode in self.retrieval:
-            require(mode in ("always", "adaptive", "never"), f"eval.retrieval has {mode!r}; use always, adaptive, never")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A whole CALM run: every stage's config plus where the data and index are."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    selfrag: SelfRagConfig = field(default_factory=SelfRagConfig)
-    calm: CalmConfig = field(default_factory=CalmConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(files=demo_files()))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    index_recipe: str | None = None  # built on first use when selfrag.index is missing
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def eval_languages(self) -> tuple[str, ...]:
-        return self.eval.languages or self.calm.languages
-
-    @property
-    def all_languages(self) -> tuple[str, ...]:
-        """Training languages, then the languages only evaluated in: the questions are aligned across all."""
-        return tuple(dict.fromkeys(self.calm.languages + self.eval_languages))
-
-
-SECTIONS = {"model": ModelConfig, "generate": GenerateConfig, "selfrag": SelfRagConfig, "calm": CalmConfig,
-            "pairs": PairsConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
-
-
-def demo_files() -> dict[str, str]:
-    """The demo questions shipped with the package, per language."""
-    from calm_rag.qa import DEMO_QUESTIONS
-
-    return {lang: str(DEMO_QUESTIONS / f"{lang}.json") for lang in ("en", "zh", "fr", "de", "it", "ja")}
-
-
-def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
-    """A RunConfig from a YAML file (paths relative to the file; without one, to the working folder) and
-    section overrides."""
-    raw: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        raw = read_yaml(path)
-        base = Path(path).resolve().parent
-    unknown = set(raw) - set(SECTIONS) - {"index_recipe"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)} and index_recipe")
-    built: dict[str, Any] = {}
-    for name, cls in SECTIONS.items():
-        data = dict(raw.get(name) or {})
-        if name == "model":  # a folder the file names (./, ../ or existing) is relative to it; names, hub ids stay
-            for key in ("generator", "adapter"):
-                value = data.get(key)
-                if value and (str(value).startswith(".") or _rel(base, value).exists()):
-                    data[key] = str(_rel(base, value).resolve())
-        data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
-        if name == "data":
-            data.setdefault("files", demo_files())
-            data["files"] = {lang: str(_rel(base, p)) for lang, p in data["files"].items()}
-            if data.get("split"):
-                data["split"] = str(_rel(base, data["split"]))
-        if name == "selfrag" and data.get("index"):
-            data["index"] = str(_rel(base, data["index"]))
-        built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
-    cfg = RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
-    missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
-    if missing:  # checked here, so a run fails when it is configured, not when its first stage reads the data
-        given = ", ".join(cfg.data.files)
-        raise ConfigError(f"{path or 'defaults'} [data]: data.files has no file for language(s) {missing} of "
-                          f"calm.languages {list(cfg.calm.languages)} / eval.languages (files given: {given}); add "
-                          f"{missing[0]}: PATH under data.files, or run fewer languages (--langs {given.replace(' ', '')})")
-    return cfg
-
-
-def saved_run_config(folder: str | Path, **sections: dict[str, Any]) -> RunConfig:
-    """The config a run folder was started with (its manifest.json) and section overrides (None: keep the
-    saved value), so a stage reruns in a run folder without its --config."""
-    path = Path(folder) / "manifest.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
-        merged = {name: {**(saved.get(name) or {}),
-                         **{k: v for k, v in (sections.get(name) or {}).items() if v is not None}}
-                  for name in SECTIONS}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: cannot read the run's config ({exc}); pass the run YAML with --config") from exc
-    return dataclasses.replace(load_run_config(None, **merged), index_recipe=saved.get("index_recipe", "demo"))
-
-
-def _rel(base: Path, p: str) -> Path:
-    q = Path(p).expanduser()
-    return q if q.is_absolute() else (base / q)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -410,7 +273,9 @@ class Run:
     def sample(self, rag=None) -> list[Generation]:
         started = time.time()
         train, _ = self.questions()
-        rag = rag or make_selfrag(self.cfg, self.retriever())
+        if self.cfg.calm.reuse:
+            self._adopt("generations.jsonl", train, self.cfg.generate.n, "sample")
+        rag = rag or make_selfrag(self.cfg, None if self.cfg.selfrag.retrieval == "never" else self.retriever())
         gens = sample_units(rag, train, self.dir / "generations.jsonl", self.cfg.generate.n)
         parsed = sum(g.letter is not None for g in gens)
         self._record("sample", started, units=len(train), generations=len(gens), parsed=parsed,
@@ -429,6 +294,40 @@ class Run:
         stats = vote_stats(votes)
         self._record("vote", started, questions=len(votes), vote=self.cfg.calm.vote, **_as_dict(stats))
         return votes
+
+    def _adopt(self, name: str, units: list[Question], n: int, what: str) -> None:
+        """Copy the records of `units` in file `name` from the run folder calm.reuse names, once (the file then
+        resumes as usual), after checking that both runs sample and answer those units the same way."""
+        out, source = self.dir / name, Path(self.cfg.calm.reuse)
+        if out.exists():
+            return
+        try:
+            theirs = json.loads((source / "manifest.json").read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"calm.reuse={source}: not a run folder ({exc}); run that run first, or drop "
+                              f"calm.reuse") from exc
+        ours = json.loads(json.dumps(self.cfg.to_dict()))
+        for section in ("model", "generate", "selfrag", "data") + (("eval",) if what != "sample" else ()):
+            mine, other = _shared_settings(ours, section), _shared_settings(theirs, section)
+            if mine != other:
+                raise ConfigError(f"calm.reuse={source}: its {section} settings differ from this run's ({other} vs "
+                                  f"{mine}); the {what} is shared only between runs that make it the same way")
+        want = {(q.id, q.lang): 0 for q in units}
+        records = []
+        if (source / name).is_file():
+            for rec in read_jsonl(source / name):
+                key = (rec["question_id"], rec["lang"])
+                if key in want:
+                    want[key] += 1
+                    records.append(rec)
+        short = [key for key, count in want.items() if count != n]
+        if short:
+            raise ConfigError(f"calm.reuse={source}: {source / name} lacks {len(short)} of this run's {len(want)} "
+                              f"{what} unit(s) (e.g. {short[0][0]} {short[0][1]}); finish that stage there first "
+                              f"(calm-rag calm run CONFIG --run {source})")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out, records)
+        log.info("%s: %d record(s) of %d unit(s) taken from %s", out, len(records), len(want), source)
 
     def _need(self, name: str, stage: str, maker: str) -> Path:
         """A file an earlier stage writes; missing, a one-line error naming the command that makes it."""
@@ -508,7 +407,9 @@ class Run:
             for mode in self.cfg.eval.retrieval:
                 name = model_name + ("" if mode == "adaptive" else f"-{mode}")
                 out = self.dir / "eval" / f"{name}.generations.jsonl"
-                rag = make_selfrag(self.cfg, self.retriever(), adapter=adapter if model_name == "calm" else None,
+                if model_name == "base" and self.cfg.calm.reuse:
+                    self._adopt(f"eval/{name}.generations.jsonl", eval_qs, gen_cfg.n, "base evaluation")
+                rag = make_selfrag(self.cfg, None if mode == "never" else self.retriever(), adapter=adapter if model_name == "calm" else None,
                                    retrieval=mode, gen_cfg=gen_cfg, generator=generator)
                 generator = rag.gen
                 gens = sample_units(rag, eval_qs, out, gen_cfg.n)
@@ -545,6 +446,15 @@ def _without(section: Any, name: str) -> Any:
     if name == "calm" and isinstance(section, dict):
         return {k: v for k, v in section.items() if k != "vote"}
     return section
+
+
+def _shared_settings(config: dict[str, Any], section: str) -> Any:
+    """A manifest config section as two runs sharing samples must agree on it (the eval languages as
+    evaluated)."""
+    value = config.get(section)
+    if section == "eval" and isinstance(value, dict):
+        return {**value, "languages": value.get("languages") or config.get("calm", {}).get("languages")}
+    return value
 
 
 def _canonical_order(gens: list[Generation], langs: Iterable[str]) -> list[Generation]:

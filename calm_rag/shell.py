@@ -173,13 +173,15 @@ class ShellSession:
     def load(cls, index: str | Path | None = None, model: str | None = None, adapter: str | None = None,
              device: str | None = None, backend: str = "auto", **kwargs: Any) -> ShellSession:
         """Open the index (and its embedder) first, so a missing index fails before the generator loads."""
+        from calm_rag.adapters import generator_for
         from calm_rag.generate import load_generator
         from calm_rag.models import DEFAULT_GENERATOR, ModelError
 
         encoders: dict[str, Any] = {}
         loaded, retriever = open_index(index or default_index(), device, encoders)
         try:
-            generator = load_generator(model or DEFAULT_GENERATOR, backend=backend, adapter=adapter, device=device)
+            model = generator_for(model, adapter, DEFAULT_GENERATOR)
+            generator = load_generator(model, backend=backend, adapter=adapter, device=device)
         except (ModelError, OSError, ValueError) as exc:
             raise ShellStartError(f"cannot load the generator {model or DEFAULT_GENERATOR!r}: {exc}") from exc
         session = cls(generator, retriever, loaded, device=device, **kwargs)

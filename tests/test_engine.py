@@ -229,9 +229,19 @@ def test_adapter_for_another_base_is_a_clear_error(tiny_lm_dir, tmp_path, home):
     Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
                      ).save_pretrained(other)
     adapter = _lora(other, tmp_path / "adapter-other")
-    with pytest.raises((ModelError, ValueError)) as err:
+    # the adapter names its base (peft's base_model_name_or_path): refused before anything is converted
+    converted = home / "gguf" / "adapters"
+    before = sorted(converted.iterdir()) if converted.is_dir() else []
+    with pytest.raises(ModelError, match=rf"--adapter .*adapter-other was trained on {other}, not {tiny_lm_dir}; "
+                                         rf"pass --model {other}"):
         load_generator(str(tiny_lm_dir), backend="llama.cpp", adapter=str(adapter), precision="f32")
-    assert "another base model" in str(err.value) or "another base" in str(err.value)
+    assert (sorted(converted.iterdir()) if converted.is_dir() else []) == before  # nothing converted
+    # an adapter that names no base is caught by llama.cpp's shape check
+    acfg = json.loads((adapter / "adapter_config.json").read_text())
+    acfg["base_model_name_or_path"] = None
+    (adapter / "adapter_config.json").write_text(json.dumps(acfg))
+    with pytest.raises((ModelError, ValueError), match="another base"):
+        load_generator(str(tiny_lm_dir), backend="llama.cpp", adapter=str(adapter), precision="f32")
 
 
 def test_corrupt_converted_model_is_a_clear_error(tiny_lm_dir, home):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from calm_rag.pipeline import Run, load_run_config, sample_units
+from calm_rag.config import load_run_config
+from calm_rag.pipeline import Run, sample_units
 from calm_rag.records import Generation, read_jsonl
 
 
@@ -98,7 +99,7 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
 def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     """The paper's ablation: train on en+zh, evaluate on en, zh and fr, on the same questions."""
     from calm_rag.config import ConfigError
-    from calm_rag.pipeline import demo_files
+    from calm_rag.config import demo_files
 
     cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")},
                generate={"max_new_tokens": 4}, eval={"languages": ("en", "zh", "fr"), "retrieval": ("never",)})
@@ -126,6 +127,55 @@ def test_eval_languages_beyond_the_training_languages(tmp_path, tiny_lm_dir, tin
                                   data={"files": files}, eval={"languages": ("en", "de")})).questions()
     with pytest.raises(ConfigError, match=r"eval\.languages repeats a language: \('en', 'en'\)"):
         _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, eval={"languages": ("en", "en")})
+
+
+def test_an_ablation_arm_reuses_the_samples_and_the_base_evaluation(tmp_path, tiny_lm_dir, tiny_embedder_path,
+                                                                     index_dir, monkeypatch):
+    """The paper's language ablation: the 2-language arm votes over its languages' share of the 3-language run's
+    samples and shares its base evaluation; nothing is generated again, and a run made another way is refused."""
+    from calm_rag.config import ConfigError
+    from calm_rag.rag import SelfRag
+
+    same = {"generate": {"max_new_tokens": 4}}
+    full = Run(tmp_path / "full", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, eval={"retrieval": ("never",)},
+                                       **same))
+    full.sample()
+    full.evaluate(which=("base",))
+
+    def arm(folder, **extra):
+        sections = {"calm": {"languages": ("en", "zh"), "reuse": str(full.dir)},
+                    "eval": {"languages": ("en", "zh", "fr"), "retrieval": ("never",)}, **same}
+        for key, value in extra.items():
+            sections[key] = {**sections.get(key, {}), **value}
+        return Run(tmp_path / folder, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, **sections))
+
+    def lines(path, langs):
+        return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()
+                if json.loads(x)["lang"] in langs]
+
+    monkeypatch.setattr(SelfRag, "answer_many", lambda *a, **k: pytest.fail("generated again instead of reusing"))
+    two = arm("two")
+    two.sample()
+    assert lines(two.dir / "generations.jsonl", ("en", "zh", "fr")) == lines(full.dir / "generations.jsonl", ("en", "zh"))
+    votes = two.vote()
+    assert len(votes) == 3
+    two.evaluate(which=("base",))
+    name = "eval/base-never.generations.jsonl"
+    assert lines(two.dir / name, ("en", "zh", "fr")) == lines(full.dir / name, ("en", "zh", "fr"))
+    assert json.loads((two.dir / "eval" / "base-never.json").read_text())["accuracy"] == \
+        json.loads((full.dir / "eval" / "base-never.json").read_text())["accuracy"]
+    # samples made another way, or not finished, are not taken
+    with pytest.raises(ConfigError, match=r"calm\.reuse=.*full: its generate settings differ from this run's"):
+        arm("other", generate={"temperature": 0.5}).sample()
+    kept = (full.dir / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    last_zh = max(i for i, x in enumerate(kept) if json.loads(x)["lang"] == "zh")
+    (full.dir / "generations.jsonl").write_text("\n".join(kept[:last_zh] + kept[last_zh + 1:]) + "\n",
+                                                encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"generations\.jsonl lacks 1 of this run's 6 sample unit\(s\).*finish "
+                                          r"that stage there first"):
+        arm("short").sample()
+    with pytest.raises(ConfigError, match=r"calm\.reuse=.*nowhere: not a run folder"):
+        arm("lost", calm={"reuse": str(tmp_path / "nowhere")}).sample()
 
 
 def _check_results_report(run_dir, out):

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from calm_rag.config import ConfigError
-from calm_rag.pipeline import Run, load_aligned, load_run_config, split_questions
+from calm_rag.config import load_run_config
+from calm_rag.pipeline import Run, load_aligned, split_questions
 from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_run_configs_split_real_data(shared_dir, tmp_path, name):
 
 
 def _demo_split_cfg(tmp_path, train, dev, **data):
-    from calm_rag.pipeline import demo_files
+    from calm_rag.config import demo_files
 
     files = {lang: p for lang, p in demo_files().items() if lang in ("en", "zh", "fr")}
     split = tmp_path / "split.json"

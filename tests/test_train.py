@@ -57,6 +57,17 @@ def test_dpo_smoke_loss_finite_and_lora_weights_move(trained):
     assert not (result.adapter / "training_args.bin").exists()  # no pickle in the adapter folder
 
 
+def test_the_adapter_names_its_base(trained, tiny_lm_dir, tmp_path):
+    from calm_rag.adapters import adapter_base
+
+    result, _ = trained
+    sidecar = json.loads((result.adapter / "calm_rag_adapter.json").read_text())
+    assert sidecar["generator"] == str(tiny_lm_dir.resolve()) and sidecar["train"]["lora_r"] == TrainConfig().lora_r
+    moved = tmp_path / "moved"
+    shutil.copytree(result.adapter, moved)
+    assert adapter_base(moved) == str(tiny_lm_dir.resolve())  # wherever the folder goes
+
+
 def test_adapter_loads_and_changes_logits(trained, tiny_lm_dir):
     import torch
     from peft import PeftModel

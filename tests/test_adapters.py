@@ -1,0 +1,110 @@
+"""Adapters by folder or packaged name, the base each names, and the export that packages one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calm_rag import adapters
+from calm_rag.adapters import adapter_base, adapter_folder, export_adapter, generator_for, model_identity
+from calm_rag.models import ModelError
+
+
+def _lora(base_dir, out_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """An empty package-data folder of adapters, and a cache home of our own."""
+    folder = tmp_path / "package_adapters"
+    folder.mkdir()
+    monkeypatch.setattr(adapters, "PACKAGED_ADAPTERS_DIR", folder)
+    monkeypatch.setenv("CALM_RAG_HOME", str(tmp_path / "home"))
+    return folder
+
+
+def test_a_packaged_name_resolves_like_a_folder_and_unknown_names_list_the_packaged(shipped, tmp_path):
+    (shipped / "calm-demo").mkdir()
+    (shipped / "calm-demo" / "adapter_config.json").write_text("{}")
+    (shipped / "not-an-adapter").mkdir()  # no adapter_config.json: not listed
+    assert adapters.packaged_adapters() == {"calm-demo": shipped / "calm-demo"}
+    assert adapter_folder("calm-demo") == shipped / "calm-demo"
+    assert adapter_folder(str(tmp_path)) == tmp_path  # a folder is a folder
+    with pytest.raises(ModelError, match=r"--adapter calm-nope: no such adapter folder and no packaged adapter of "
+                                         r"that name \(packaged: calm-demo\)"):
+        adapter_folder("calm-nope")
+
+
+def test_an_adapter_names_its_base_and_a_mismatched_model_is_refused(shipped, tmp_path):
+    from calm_rag.models import model_dir
+
+    folder = tmp_path / "ad"
+    folder.mkdir()
+    # peft's base path to a packaged model's cache folder reads as the packaged name
+    cache = model_dir("qwen2.5-coder-1.5b-instruct")
+    cache.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(cache)}))
+    assert adapter_base(folder) == "qwen2.5-coder-1.5b-instruct"
+    assert model_identity(str(cache)) == "qwen2.5-coder-1.5b-instruct"
+    assert generator_for(None, str(folder), "qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-1.5b-instruct"
+    assert generator_for("qwen2.5-coder-1.5b-instruct", str(folder), "x") == "qwen2.5-coder-1.5b-instruct"
+    assert generator_for(None, None, "qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
+    with pytest.raises(ModelError, match=r"was trained on qwen2.5-coder-1.5b-instruct, not "
+                                         r"qwen2.5-coder-0.5b-instruct; pass --model qwen2.5-coder-1.5b-instruct"):
+        generator_for("qwen2.5-coder-0.5b-instruct", str(folder), "x")
+    # the sidecar calm-rag writes wins over peft's field
+    (folder / adapters.SIDECAR).write_text(json.dumps({"generator": "org/hub-model"}))
+    assert adapter_base(folder) == "org/hub-model"
+    (folder / adapters.SIDECAR).write_text("{broken")
+    with pytest.raises(ModelError, match=r"calm_rag_adapter.json: not a readable JSON object"):
+        adapter_base(folder)
+
+
+def test_exported_adapter_is_fp16_small_names_its_base_and_gives_the_same_answers(shipped, tmp_path, tiny_lm_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from calm_rag.config import GenerateConfig
+    from calm_rag.generate import load_generator
+
+    run_adapter = _lora(tiny_lm_dir, tmp_path / "run_adapter")
+    out = export_adapter(run_adapter, shipped / "calm-tiny", str(tiny_lm_dir), metrics={"consistency": 0.5})
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert weights and all(t.dtype == torch.float16 for t in weights.values())
+    original = load_file(str(run_adapter / "adapter_model.safetensors"))
+    assert set(weights) == set(original)
+    assert all(torch.allclose(weights[k].float(), original[k], atol=1e-2) for k in weights)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "calm_rag_adapter.json"]  # no tokenizer: the base's is used
+    sidecar = json.loads((out / "calm_rag_adapter.json").read_text())
+    assert sidecar == {"generator": str(tiny_lm_dir.resolve()), "metrics": {"consistency": 0.5}}
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_lm_dir.resolve())
+    # loaded by its packaged name on the transformers backend: the same greedy text as the fp32 run adapter
+    cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=8, min_new_tokens=8)
+    by_name = load_generator(generator_for(None, "calm-tiny", "unused"), backend="transformers", adapter="calm-tiny",
+                             device="cpu")
+    by_folder = load_generator(str(tiny_lm_dir), backend="transformers", adapter=str(run_adapter), device="cpu")
+    base = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
+    prompts = [by_name.chat_prompt("Where do you keep milk? A. fridge B. oven")]
+    probs = [g.next_token_probs(prompts, ["A", "B"])[0] for g in (by_name, by_folder, base)]
+    assert abs(probs[0]["A"] - probs[1]["A"]) < 1e-3  # fp16 rounding only
+    assert abs(probs[0]["A"] - probs[2]["A"]) > 1e-4  # and the adapter does something
+    assert by_name.generate(prompts, cfg) == by_folder.generate(prompts, cfg)
+    # a second export over the first replaces it whole, through a temp folder
+    export_adapter(run_adapter, out, str(tiny_lm_dir))
+    assert json.loads((out / "calm_rag_adapter.json").read_text()) == {"generator": str(tiny_lm_dir.resolve())}
+    assert [p.name for p in shipped.iterdir()] == ["calm-tiny"]
