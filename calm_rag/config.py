@@ -433,9 +433,6 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
             data["reuse"] = str(_rel(base, data["reuse"]))
         built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
     cfg = RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
-    if cfg.calm.reuse and not (Path(cfg.calm.reuse) / "manifest.json").is_file():  # before a run folder is made
-        raise ConfigError(f"{path or 'defaults'} [calm]: calm.reuse={cfg.calm.reuse}: not a run folder (no "
-                          f"manifest.json); run that run first, or drop calm.reuse")
     missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
     if missing:  # checked here, so a run fails when it is configured, not when its first stage reads the data
         given = ", ".join(cfg.data.files)

@@ -214,6 +214,9 @@ class Run:
     def __init__(self, folder: str | Path, cfg: RunConfig):
         self.dir = Path(folder)
         self.cfg = cfg
+        if cfg.calm.reuse and not (Path(cfg.calm.reuse) / "manifest.json").is_file():  # before the folder is made
+            raise ConfigError(f"calm.reuse={cfg.calm.reuse}: not a run folder (no manifest.json); run that run "
+                              f"first, or drop calm.reuse")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.dir / "manifest.json"
         self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}

@@ -7,6 +7,11 @@ split itself is a seeded hash ranking of the ids (the `DEV_SIZE` lowest sha256(s
 dev), so it needs no RNG, reads the same in any language, and re-running the script rewrites
 the same bytes. Run configs use a split with `data: {split: splits/xcsqa.json}`.
 
+Each set also gets `<name>-val.json`, a validation slice cut from the **train** list (its last
+`VAL_SIZE` ids as "dev", the rest as "train"), for choosing hyperparameters without touching
+the dev split: runs train on the front of the train list, so the slice is never trained on
+while a run's max_train stays below len(train) - VAL_SIZE.
+
     .venv/bin/python scripts/make_splits.py [--data ../shared/data] [--out splits] [--check]
 """
 
@@ -28,6 +33,7 @@ from calm_rag.records import atomic_write_text, file_sha256  # noqa: E402
 
 SEED = 0
 DEV_SIZE = 200  # questions per set; the rest are the training pool
+VAL_SIZE = 50  # the last questions of the train list: the validation slice (hyperparameters only)
 # split file name -> (folder under data/, its languages, the original language first)
 SETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "xcsqa": ("xcsqa/train", ("en", "zh", "fr", "de", "it", "ja")),
@@ -84,6 +90,18 @@ def make_split(data_dir: Path, name: str, dev_size: int = DEV_SIZE, seed: int = 
     return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
+def make_val_split(split_text: str, val_size: int = VAL_SIZE) -> str:
+    """The validation split of a set's split file: its train list's last `val_size` ids as "dev"."""
+    doc = json.loads(split_text)
+    train = doc["train"]
+    doc.update(name=doc["name"] + "-val", dev_size=val_size, train=train[:-val_size], dev=train[-val_size:],
+               method=f"validation slice of {doc['name']}.json's train list: its last {val_size} ids are 'dev', "
+                      f"the rest 'train'; {doc['name']}.json's dev ids are in neither",
+               note=f"for hyperparameter choices only; runs train on the front of the train list (max_train < "
+                    f"{len(train) - val_size} keeps the slice unseen)")
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder")
@@ -97,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for name in SETS:
         text = make_split(data, name)
-        path = out / f"{name}.json"
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(str(path))
-            continue
-        atomic_write_text(path, text)
-        doc = json.loads(text)
-        print(f"{path}: {doc['n_questions']} questions -> train {len(doc['train'])}, dev {len(doc['dev'])}")
+        for path, body in ((out / f"{name}.json", text), (out / f"{name}-val.json", make_val_split(text))):
+            if args.check:
+                if not path.is_file() or path.read_text(encoding="utf-8") != body:
+                    stale.append(str(path))
+                continue
+            atomic_write_text(path, body)
+            doc = json.loads(body)
+            print(f"{path}: {doc['n_questions']} questions -> train {len(doc['train'])}, dev {len(doc['dev'])}")
     if stale:
         print(f"make_splits: out of date: {', '.join(stale)}; rerun without --check", file=sys.stderr)
         return 1

@@ -38,8 +38,6 @@ def test_one_rule_for_paths_in_a_run_yaml(tmp_path, monkeypatch):
     """Paths in the file are relative to the file's folder (normalised); a model that is no path stays a name."""
     (tmp_path / "conf").mkdir()
     (tmp_path / "models" / "mine").mkdir(parents=True)
-    (tmp_path / "runs" / "six").mkdir(parents=True)
-    (tmp_path / "runs" / "six" / "manifest.json").write_text("{}")  # calm.reuse must name a run folder
     path = tmp_path / "conf" / "run.yaml"
     path.write_text("model:\n  generator: ../models/mine\n  embedder: multilingual-e5-small\n"
                     "calm:\n  languages: [en, zh]\n  reuse: ../runs/six\n"

@@ -457,3 +457,37 @@ def test_stage_inputs_and_settings_fail_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "two.yaml [data]: data.files has no file for language(s) ['zh']" in err
     assert "add zh: PATH under data.files, or run fewer languages (--langs en)" in err
     assert not (tmp_path / "two").exists()  # refused before the run folder is made
+
+
+def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+    """DPO arms trained on a run's pairs and graded on the train split's validation slice, never the dev split."""
+    from calm_rag.config import ConfigError
+    from calm_rag.sweep import parse_arm, run_sweep
+
+    ids = [f"data-demo_questions-{i}" for i in range(24)]
+    split, val, bad = tmp_path / "split.json", tmp_path / "val.json", tmp_path / "bad.json"
+    split.write_text(json.dumps({"train": ids[:12], "dev": ids[12:]}))
+    val.write_text(json.dumps({"train": ids[:8], "dev": ids[8:12]}))  # the end of the train list
+    bad.write_text(json.dumps({"train": ids[3:12], "dev": ids[:3]}))  # the questions the run trains on
+    run = Run(tmp_path / "run", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, data={"split": str(split)},
+                                     selfrag={"retrieval": "never"}, eval={"retrieval": ("never",)}))
+    run.sample()
+    run.vote()
+    run.pairs()
+    arms = [parse_arm("learning_rate=1e-2,max_steps=1"), parse_arm("beta=0.5, learning_rate=1e-2, max_steps=2")]
+    run_sweep(run.dir, arms, val, tmp_path / "sweep.json")
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert list(result["arms"]) == ["learning_rate0.01-max_steps1", "beta0.5-learning_rate0.01-max_steps2"]
+    assert [a["steps"] for a in result["arms"].values()] == [1, 2]
+    assert result["arms"]["beta0.5-learning_rate0.01-max_steps2"]["train"]["beta"] == 0.5
+    graded = {json.loads(x)["question_id"] for x in
+              (run.dir / "sweep" / "base" / "never.generations.jsonl").read_text().splitlines()}
+    assert graded == set(ids[8:12]) and result["base"]["n_questions"] == 4  # the slice, not the dev questions
+    scores = {n: a["val"]["mean_accuracy"] + a["val"]["consistency"] for n, a in result["arms"].items()}
+    assert result["chosen"] == max(scores, key=scores.get)
+    with pytest.raises(ConfigError, match=r"overlap .*run's training questions"):
+        run_sweep(run.dir, arms[:1], bad, tmp_path / "bad-sweep.json")
+    with pytest.raises(ConfigError, match=r"'beta' is not KEY=VALUE"):
+        parse_arm("beta")
+    with pytest.raises(ConfigError, match=r"betta"):
+        parse_arm("betta=0.1")

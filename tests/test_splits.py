@@ -48,6 +48,10 @@ def test_split_files_reproduce_and_hold_out_whole_questions(shared_dir, tmp_path
         assert doc["seed"] == 0 and doc["dev_size"] == 200 and doc["method"]
         assert len(doc["dev"]) == 200 and len(doc["train"]) == doc["n_questions"] - 200
         assert not set(doc["train"]) & set(doc["dev"])
+        val = json.loads((REPO / "splits" / f"{name}-val.json").read_text())  # the validation slice of train
+        assert (tmp_path / f"{name}-val.json").read_bytes() == (REPO / "splits" / f"{name}-val.json").read_bytes()
+        assert val["dev"] == doc["train"][-50:] and val["train"] == doc["train"][:-50]
+        assert not set(val["dev"]) & set(doc["dev"]) and not set(val["train"]) & set(doc["dev"])
         for lang in langs:  # the same ids, hence the same held-out questions, in every language
             ids = [q.id for q in load_questions(shared_dir / "data" / folder / f"{lang}.json", lang=lang)]
             assert set(ids) == set(doc["train"]) | set(doc["dev"]) and len(ids) == doc["n_questions"]
@@ -56,7 +60,10 @@ def test_split_files_reproduce_and_hold_out_whole_questions(shared_dir, tmp_path
 
 RUNS = {"xcsqa-6lang": ("commonsense-lite", "xcsqa", 6), "xcsqa-distilled": ("commonsense-lite", "xcsqa", 3), "medqa": ("medical-lite", "medqa-usmle", 3),
         "medqa-mcmle": ("medical-lite", "medqa-mcmle", 3), "xcsqa-ablation-2": ("commonsense-lite", "xcsqa", 2),
-        "xcsqa-ablation-3": ("commonsense-lite", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense-lite", "xcsqa", 6)}
+        "xcsqa-ablation-3": ("commonsense-lite", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense-lite", "xcsqa", 6),
+        # the reproduction at the CALM issue's scale: zero-shot, no index
+        "calm-xcsqa-6lang": (None, "xcsqa", 6), "calm-xcsqa-ablation-2": (None, "xcsqa", 2),
+        "calm-xcsqa-ablation-3": (None, "xcsqa", 3), "calm-medqa-usmle": (None, "medqa-usmle", 3)}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -65,8 +72,18 @@ def test_run_configs_load(name):
     path = REPO / "scripts" / "runs" / f"{name}.yaml"
     cfg = load_run_config(path)
     assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.all_languages)
-    if name.startswith("xcsqa-ablation") or name == "xcsqa-6lang":  # graded in all six, trained in fewer or all
+    if "xcsqa-ablation" in name or name.endswith("xcsqa-6lang"):  # graded in all six, trained in fewer or all
         assert set(cfg.eval_languages) == {"en", "zh", "fr", "de", "it", "ja"}
+    if name.startswith("calm-"):
+        assert cfg.model.generator == "qwen2.5-coder-1.5b-instruct" and cfg.selfrag.retrieval == "never"
+        assert cfg.eval.retrieval == ("never",) and cfg.data.max_eval == 100
+        assert cfg.data.max_train >= (150 if "xcsqa" in name else 100)
+        if "ablation" in name:  # the arms vote over the 6-language run's samples
+            assert Path(cfg.calm.reuse) == REPO / "runs" / "calm-xcsqa-6lang"
+            six = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang.yaml")
+            for section in ("model", "generate", "selfrag", "data"):
+                assert getattr(cfg, section) == getattr(six, section), section
+        return
     if name == "xcsqa-distilled":  # the student distilled by configs/distill-xcsqa-cpu.yaml, in its languages
         assert Path(cfg.model.generator) == REPO / "runs" / "distill-xcsqa-cpu" / "model"
         assert set(cfg.eval_languages) == {"en", "zh", "fr"}

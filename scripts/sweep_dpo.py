@@ -1,0 +1,50 @@
+"""Pick DPO's hyperparameters for a run on the validation slice of the train split (calm_rag.sweep).
+
+    python scripts/sweep_dpo.py runs/calm-xcsqa-6lang --val splits/xcsqa-val.json --max-questions 30 \
+        --arm beta=0.1,learning_rate=5e-5,max_steps=30 --arm beta=0.3,learning_rate=5e-5,max_steps=30 \
+        --out docs/results/sweep-calm-xcsqa-6lang.json
+
+Each --arm changes the run's `train` settings; the base model and every arm answer the slice's questions
+in the run's eval languages, and the JSON names the winner. Rerunning resumes (DPO checkpoints, evaluation
+folders under RUN/sweep/). Never pass the dev split: the script refuses validation questions the run trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calm_rag.sweep import parse_arm, run_sweep, score  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a run folder with pairs.jsonl (calm-rag calm pairs)")
+    p.add_argument("--val", required=True, help="validation split file (splits/<set>-val.json)")
+    p.add_argument("--arm", action="append", required=True, help="TrainConfig changes, e.g. beta=0.1,max_steps=30")
+    p.add_argument("--max-questions", type=int, help="grade the first N validation questions")
+    p.add_argument("--out", required=True, help="the sweep's JSON (e.g. docs/results/sweep-RUN.json)")
+    args = p.parse_args(argv)
+    try:
+        result = run_sweep(args.run, [parse_arm(a) for a in args.arm], args.val, args.out, args.max_questions)
+    except ValueError as exc:
+        print(f"sweep_dpo: error: {exc}", file=sys.stderr)
+        return 2
+    base = result["base"]
+    print(f"| arm | mean acc | consistency | vote acc | score |\n|---|---:|---:|---:|---:|\n"
+          f"| base | {100 * base['mean_accuracy']:.1f} | {100 * base['consistency']:.1f} | "
+          f"{100 * base['vote_accuracy']:.1f} | {score(base):.3f} |")
+    for name, arm in result["arms"].items():
+        v = arm["val"]
+        print(f"| {name} | {100 * v['mean_accuracy']:.1f} | {100 * v['consistency']:.1f} | "
+              f"{100 * v['vote_accuracy']:.1f} | {score(v):.3f} |")
+    print(f"chosen: {result.get('chosen')}  (written to {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
