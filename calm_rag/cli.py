@@ -112,7 +112,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
 
 def cmd_index_search(args: argparse.Namespace) -> int:
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
 
     if args.k < 1:
         raise ValueError(f"-k {args.k}: ask for at least 1 passage, e.g. -k 5")
@@ -145,7 +145,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import load_generator
     from calm_rag.languages import detect_lang
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
     from calm_rag.rag import SelfRag
     from calm_rag.records import Question, to_dict
     from calm_rag.adapters import generator_for

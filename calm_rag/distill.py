@@ -463,7 +463,7 @@ def make_teacher(cfg: DistillConfig, generator=None, retriever=None):
     """The verbalised SelfRag that labels: greedy (or cfg.temperature) single answers, k passages."""
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import load_generator
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
     from calm_rag.rag import SelfRag
 
     if not Path(cfg.index).is_dir():

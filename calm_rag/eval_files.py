@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag.config import ConfigError, RunConfig, load_run_config
-from calm_rag.pipeline import load_retriever, make_selfrag, sample_units, split_from_file
+from calm_rag.pipeline import eval_generate_config, evaluate_modes, split_from_file
+from calm_rag.retrieve import load_retriever
 from calm_rag.records import Question, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
     """
     import hashlib
 
-    from calm_rag.evaluate import evaluate_generations, gold_from_questions, markdown_table, save_report
+    from calm_rag.evaluate import gold_from_questions, markdown_table
 
     cfg = cfg or load_run_config(None)
     modes = tuple(dict.fromkeys(retrieval or cfg.eval.retrieval))
@@ -122,8 +123,7 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
     if index is None and any(m != "never" for m in modes):
         raise ConfigError(f"retrieval {list(modes)} needs an index: pass --index DIR (e.g. indexes/commonsense, "
                           f"indexes/medical) or --retrieval never")
-    gen_cfg = dataclasses.replace(cfg.generate, n=cfg.eval.n,
-                                  temperature=0.0 if cfg.eval.n == 1 else cfg.generate.temperature)
+    gen_cfg = eval_generate_config(cfg)
     settings = json.loads(json.dumps({
         "files": {str(f): file_sha256(f) for f in files}, "langs": aligned.langs,
         "units": hashlib.sha256("\n".join(f"{q.id}\t{q.lang}" for q in units).encode()).hexdigest(),
@@ -150,19 +150,9 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
         atomic_write_text(settings_path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
     retriever = load_retriever(index) if index and any(m != "never" for m in modes) else None
     log.info("evaluating %d question(s) x %d language(s) in %s", len(aligned), len(aligned.langs), out)
-    reports: dict[str, Any] = {}
-    generator = None
-    for mode in modes:
-        name = ("calm" if adapter else "base") + ("" if mode == "adaptive" else f"-{mode}")
-        rag = make_selfrag(cfg, retriever if mode != "never" else None, adapter=adapter, retrieval=mode,
-                           gen_cfg=gen_cfg, generator=generator)
-        generator = rag.gen
-        gens = sample_units(rag, units, out / f"{mode}.generations.jsonl", gen_cfg.n)
-        report = evaluate_generations(gens, gold, langs=aligned.langs, meta={
-            "model": cfg.model.generator, "adapter": settings["adapter"], "retrieval": mode,
-            "index": settings["index"], "files": [str(f) for f in files], "critique": rag.mode, "out": str(out),
-            "backend": rag.gen.backend})
-        save_report(report, out / f"{name}.json")
-        reports[name] = report
+    adapter_path = settings["adapter"]
+    reports = evaluate_modes(cfg, units, gold, aligned.langs, modes, out, adapter=adapter_path,
+                             retriever=(lambda: retriever) if retriever is not None else None,
+                             meta={"index": settings["index"], "files": [str(f) for f in files], "out": str(out)})
     atomic_write_text(out / "report.md", markdown_table(reports))
     return reports

@@ -98,6 +98,7 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
     report = PairReport(per_lang={lang: LangPairStats() for lang in order})
     prompt = prompt_for or (lambda g: g.prompt)
     pairs: list[PreferencePair] = []
+    plans: list[tuple[str, str, list[Generation], list[Generation], tuple[str, str, str] | None]] = []
     for qid, per_lang in by_q.items():
         vote = votes.get(qid)
         if vote is None or vote.winner is None:
@@ -122,36 +123,48 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
             stats.unparseable_skipped += sum(g.letter is None for g in gens) if unparseable == "skip" else 0
             if not reject:
                 stats.all_agree += 1
-                continue
-            if agree:
-                source, translated = "sample", None
+            elif agree:
+                plans.append((qid, lang, agree, reject, None))
             elif translate is not None and agreeing_anywhere:
-                source, best = "translation", _pick_chosen(agreeing_anywhere, order)
-                translated = translate(best.text, best.lang, lang)
-                if not translated.strip():
-                    stats.skipped_no_chosen += 1
-                    continue
+                best = _pick_chosen(agreeing_anywhere, order)
+                plans.append((qid, lang, agree, reject, (best.text, best.lang, lang)))
             else:
                 stats.skipped_no_chosen += 1
-                continue
-            stats.questions += 1
-            for r in reject:
-                p = prompt(r)
-                if source == "sample":
-                    same = [g for g in agree if prompt(g) == p]
-                    best = _pick_chosen(same or agree, order)
-                    stats.prompt_differs += not same
-                    chosen_text = best.text
-                else:
-                    chosen_text = translated
-                pairs.append(PreferencePair(prompt=p, chosen=chosen_text, rejected=r.text,
-                                            question_id=qid, lang=lang, chosen_source=source))
-                stats.pairs += 1
-                stats.from_translation += source == "translation"
+    # every translation the pairs need, in one batch
+    translations = iter(translate_all(translate, [p[4] for p in plans if p[4] is not None]))
+    for qid, lang, agree, reject, request in plans:
+        stats = report.per_lang[lang]
+        translated = next(translations) if request is not None else None
+        if translated is not None and not translated.strip():
+            stats.skipped_no_chosen += 1
+            continue
+        source = "sample" if translated is None else "translation"
+        stats.questions += 1
+        for r in reject:
+            p = prompt(r)
+            if translated is None:
+                same = [g for g in agree if prompt(g) == p]
+                best = _pick_chosen(same or agree, order)
+                stats.prompt_differs += not same
+                chosen_text = best.text
+            else:
+                chosen_text = translated
+            pairs.append(PreferencePair(prompt=p, chosen=chosen_text, rejected=r.text,
+                                        question_id=qid, lang=lang, chosen_source=source))
+            stats.pairs += 1
+            stats.from_translation += source == "translation"
     for lang, s in report.per_lang.items():
         logger.info("pairs %s: %d pairs from %d questions (%d translated chosen, %d skipped without a chosen)",
                     lang, s.pairs, s.questions, s.from_translation, s.skipped_no_chosen)
     return pairs, report
+
+
+def translate_all(translate: Translate | None, requests: list[tuple[str, str, str]]) -> list[str]:
+    """(text, src, tgt) requests translated: in one batch by a translator with `many`, else one by one."""
+    if not requests:
+        return []
+    many = getattr(translate, "many", None)
+    return list(many(requests)) if many is not None else [translate(*r) for r in requests]
 
 
 def write_pairs(path: str | Path, pairs: Iterable[PreferencePair], trl_columns_only: bool = False) -> int:

@@ -135,17 +135,6 @@ def ensure_index(cfg: RunConfig) -> Path:
     return out
 
 
-def load_retriever(index_dir: str | Path, embedder: str | None = None):
-    """Load an index and the embedder its manifest names (or `embedder`), checked against each other."""
-    from calm_rag.embed import load_encoder
-    from calm_rag.index import load_index
-    from calm_rag.retrieve import Retriever
-
-    index = load_index(index_dir)
-    encoder = load_encoder(embedder or index.manifest["embedder"]["id"])
-    return Retriever(index, encoder)
-
-
 def load_run_generator(cfg: RunConfig, adapter: str | None = None):
     """The generator a run config names, on its backend (model.backend), precision and threads."""
     from calm_rag.generate import load_generator
@@ -203,6 +192,41 @@ def sample_units(rag, units: list[Question], out_path: Path, n: int,
                     on_unit(finished)
                     finished += 1
     return list(read_jsonl(out_path, Generation))
+
+
+def eval_generate_config(cfg: RunConfig) -> GenerateConfig:
+    """Evaluation answers: eval.n samples (1: greedy) with the run's generation settings."""
+    return dataclasses.replace(cfg.generate, n=cfg.eval.n, temperature=0.0 if cfg.eval.n == 1 else cfg.generate.temperature)
+
+
+def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | None], langs: Iterable[str],
+                   modes: Iterable[str], out_dir: Path, *, adapter: str | None = None,
+                   retriever: Callable[[], Any] | None = None, before: Callable[[str, Path], None] | None = None,
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one evaluation loop (run folders and `calm eval --data`): per retrieval mode, answer every unit,
+    resumably, into out_dir/<row>.generations.jsonl and grade it into out_dir/<row>.json; rows are named
+    base/calm plus the mode ("calm-never"). `retriever` is called only for modes that retrieve; `before(row,
+    generations path)` runs before a row answers."""
+    from calm_rag.evaluate import evaluate_generations, save_report
+
+    gen_cfg = eval_generate_config(cfg)
+    reports: dict[str, Any] = {}
+    generator = None
+    for mode in modes:
+        name = ("calm" if adapter else "base") + ("" if mode == "adaptive" else f"-{mode}")
+        path = out_dir / f"{name}.generations.jsonl"
+        if before is not None:
+            before(name, path)
+        rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
+                           retrieval=mode, gen_cfg=gen_cfg, generator=generator)
+        generator = rag.gen  # one load per model, every mode
+        gens = sample_units(rag, units, path, gen_cfg.n)
+        report = evaluate_generations(gens, gold, langs=list(langs), meta={
+            **(meta or {}), "model": cfg.model.generator, "run": name, "retrieval": mode, "adapter": adapter,
+            "critique": rag.mode, "backend": rag.gen.backend})
+        save_report(report, out_dir / f"{name}.json")
+        reports[name] = report
+    return reports
 
 
 # ---------------------------------------------------------------- stages
@@ -267,6 +291,8 @@ class Run:
         return [q for q in qs if q.id in train_ids], [q for q in qs if q.id in eval_ids]
 
     def retriever(self):
+        from calm_rag.retrieve import load_retriever
+
         if not hasattr(self, "_retriever"):
             self._retriever = load_retriever(ensure_index(self.cfg), self.cfg.model.embedder)
         return self._retriever
@@ -356,7 +382,7 @@ class Run:
         gens = _canonical_order(list(read_jsonl(gens_path, Generation)), self.cfg.calm.languages)
         votes = {v.question_id: v for v in read_jsonl(votes_path, Vote)}
         if translate is None:
-            from calm_rag.rag import Translator
+            from calm_rag.translate import Translator
 
             translate = Translator(lambda: load_run_generator(self.cfg))
         min_agreement = self.cfg.pairs.min_agreement
@@ -394,34 +420,24 @@ class Run:
 
     def evaluate(self, which: Iterable[str] = ("base", "calm")) -> dict[str, Any]:
         """Answer the eval questions with the base model and the adapter, per retrieval mode."""
-        from calm_rag.evaluate import evaluate_generations, load_report, markdown_table, plot_reports, save_report
+        from calm_rag.evaluate import load_report, markdown_table, plot_reports
 
         if "calm" in which:  # checked before the base model answers for minutes
             self._need("train/adapter/adapter_config.json", "eval", "train")
         started = time.time()
         _, eval_qs = self.questions()
         gold = {q.id: q.gold for q in eval_qs}
-        gen_cfg = dataclasses.replace(self.cfg.generate, n=self.cfg.eval.n,
-                                      temperature=0.0 if self.cfg.eval.n == 1 else self.cfg.generate.temperature)
         reports = {}
-        adapter = str(self.dir / "train" / "adapter")
         for model_name in which:
-            generator = None
-            for mode in self.cfg.eval.retrieval:
-                name = model_name + ("" if mode == "adaptive" else f"-{mode}")
-                out = self.dir / "eval" / f"{name}.generations.jsonl"
-                if model_name == "base" and self.cfg.calm.reuse:
-                    self._adopt(f"eval/{name}.generations.jsonl", eval_qs, gen_cfg.n, "base evaluation")
-                rag = make_selfrag(self.cfg, None if mode == "never" else self.retriever(), adapter=adapter if model_name == "calm" else None,
-                                   retrieval=mode, gen_cfg=gen_cfg, generator=generator)
-                generator = rag.gen
-                gens = sample_units(rag, eval_qs, out, gen_cfg.n)
-                report = evaluate_generations(gens, gold, langs=list(self.cfg.eval_languages),
-                                              meta={"model": self.cfg.model.generator, "run": name, "retrieval": mode,
-                                                    "adapter": adapter if model_name == "calm" else None,
-                                                    "backend": rag.gen.backend})
-                save_report(report, self.dir / "eval" / f"{name}.json")
-                reports[name] = report
+            adapter = str(self.dir / "train" / "adapter") if model_name == "calm" else None
+
+            def adopt_base(name: str, path: Path) -> None:
+                if adapter is None and self.cfg.calm.reuse:
+                    self._adopt(f"eval/{path.name}", eval_qs, self.cfg.eval.n, "base evaluation")
+
+            reports.update(evaluate_modes(self.cfg, eval_qs, gold, self.cfg.eval_languages, self.cfg.eval.retrieval,
+                                          self.dir / "eval", adapter=adapter, retriever=self.retriever,
+                                          before=adopt_base))
         # an evaluation in another retrieval mode adds to the folder's earlier ones (same questions), it does not hide them
         earlier = self.manifest["stages"].get("eval", {})
         kept = {n: load_report(self.dir / "eval" / f"{n}.json") for n in earlier.get("runs", [])

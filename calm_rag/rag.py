@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from calm_rag import selfrag
@@ -292,35 +292,3 @@ def _vote(question: Question, samples: list[list[Candidate]], hits: list[Hit], p
 def _positive(score: float) -> float:
     """Passage scores can be negative (utility); option totals use a floor so every answer counts."""
     return max(score, 1e-3)
-
-
-TRANSLATE_PROMPT = (
-    "Translate the following answer from {src} into {tgt}. Keep option letters (A, B, C, ...) exactly as they are. "
-    "Reply with the translation only.\n\n{text}")
-
-
-class Translator:
-    """The generator's own translation of a winning answer, for languages where no sample agreed.
-
-    Only the answer text of the source's raw completion is translated; a native model's reflection
-    tokens around it are kept as it wrote them. The result is no sample of the model in the target
-    language, so pairs mark it (`PreferencePair.chosen_source="translation"`) and report its share.
-    The generator loads on first use, so runs that never need a translation never load it.
-    """
-
-    def __init__(self, load: Callable[[], Generator], max_new_tokens: int = 128):
-        self._load = load
-        self._gen: Generator | None = None
-        self.cfg = GenerateConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-
-    def __call__(self, text: str, src: str, tgt: str) -> str:
-        if self._gen is None:
-            self._gen = self._load()
-        answer = selfrag.parse_output(text).answer
-        if not answer:
-            return text
-        prompt = self._gen.chat_prompt(TRANSLATE_PROMPT.format(src=text_for(src).name, tgt=text_for(tgt).name,
-                                                                text=answer))
-        translated = self._gen.generate([prompt], self.cfg)[0][0].strip()
-        translated = selfrag.parse_output(translated).answer or answer  # the model may not forge tokens
-        return text.replace(answer, translated, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,3 +223,13 @@ def _langchain_retriever_class() -> Any:
 
     _LC_CLASS = CalmRagRetriever
     return _LC_CLASS
+
+
+def load_retriever(index_dir: str | Path, embedder: str | None = None):
+    """Load an index and the embedder its manifest names (or `embedder`), checked against each other."""
+    from calm_rag.embed import load_encoder
+    from calm_rag.index import load_index
+
+    index = load_index(index_dir)
+    encoder = load_encoder(embedder or index.manifest["embedder"]["id"])
+    return Retriever(index, encoder)

@@ -51,7 +51,7 @@ def main() -> None:
     from calm_rag import selfrag
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import load_generator
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
     from calm_rag.qa import load_questions
     from calm_rag.rag import SelfRag
 

@@ -53,7 +53,7 @@ def _retrieval(p: float | None) -> str | None:
 def run(args) -> dict:
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import load_generator
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
     from calm_rag.rag import SelfRag
 
     cfg = load_distill_config(args.config, device=args.device)

@@ -47,7 +47,7 @@ def worker(args) -> dict:
     """One stage on one backend; prints a JSON line with its timing, outputs and peak RSS."""
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.generate import load_generator
-    from calm_rag.pipeline import load_retriever
+    from calm_rag.retrieve import load_retriever
     from calm_rag.rag import CRITIC_RELEVANCE, YES_NO, SelfRag
     from calm_rag import selfrag
 

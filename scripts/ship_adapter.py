@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                          versions=manifest.get("versions", {}))
     size = sum(f.stat().st_size for f in out.iterdir())
     if size > LIMIT:
+        shutil.rmtree(out)  # nothing oversized is left in the package
         print(f"ship_adapter: error: {out} is {size / 2**20:.1f} MB, over 5 MB; train with a smaller "
               f"train.lora_r or fewer train.lora_targets", file=sys.stderr)
         return 2

@@ -132,3 +132,21 @@ def test_write_pairs_jsonl(tmp_path):
 def test_bad_unparseable_option():
     with pytest.raises(ValueError, match="unparseable"):
         build_pairs(GENS, vote_all(GENS), unparseable="maybe")
+
+
+def test_translations_are_asked_for_in_one_batch():
+    """A translator with `many` gets every translation the pairs need in one call; the pairs are the same."""
+    class Batch:
+        calls: list[list[tuple[str, str, str]]] = []
+
+        def __call__(self, *request):
+            raise AssertionError("translated one at a time")
+
+        def many(self, requests):
+            self.calls.append(list(requests))
+            return [f"[{tgt}] {text}" for text, src, tgt in requests]
+
+    batched, report = build_pairs(GENS, vote_all(GENS), translate=Batch(), unparseable="reject")
+    one_by_one, _ = build_pairs(GENS, vote_all(GENS), translate=lambda t, s, d: f"[{d}] {t}", unparseable="reject")
+    assert len(Batch.calls) == 1 and len(Batch.calls[0]) == 1 and report.translated() == 3  # one chosen, 3 pairs
+    assert batched == one_by_one

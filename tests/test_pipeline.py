@@ -318,12 +318,12 @@ def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tin
         assert r.langs == ["en", "zh"] and r.n_questions == 3 and r.n_samples == 6  # eval.n = 1
         assert r.meta["retrieval"] == mode and r.meta["adapter"] is None and r.consistency is not None
         assert load_report(out / f"{name}.json") == r
-        gens = list(read_jsonl(out / f"{mode}.generations.jsonl", Generation))
+        gens = list(read_jsonl(out / f"{name}.generations.jsonl", Generation))
         assert len(gens) == 6 and all(bool(g.passage_ids) == (mode == "always") for g in gens)
     assert "| base-never |" in (out / "report.md").read_text()
     # a rerun reads the generations instead of sampling again: doctor them all to the gold letter
     gold = {"xcsqa-dev-a1": "A", "xcsqa-dev-b2": "C", "xcsqa-dev-c3": "B"}
-    path = out / "never.generations.jsonl"
+    path = out / "base-never.generations.jsonl"
     recs = [dict(json.loads(line), letter=gold[json.loads(line)["question_id"]]) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     again = evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never",), out=out)
@@ -481,7 +481,7 @@ def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_d
     assert [a["steps"] for a in result["arms"].values()] == [1, 2]
     assert result["arms"]["beta0.5-learning_rate0.01-max_steps2"]["train"]["beta"] == 0.5
     graded = {json.loads(x)["question_id"] for x in
-              (run.dir / "sweep" / "base" / "never.generations.jsonl").read_text().splitlines()}
+              (run.dir / "sweep" / "base" / "base-never.generations.jsonl").read_text().splitlines()}
     assert graded == set(ids[8:12]) and result["base"]["n_questions"] == 4  # the slice, not the dev questions
     scores = {n: a["val"]["mean_accuracy"] + a["val"]["consistency"] for n, a in result["arms"].items()}
     assert result["chosen"] == max(scores, key=scores.get)

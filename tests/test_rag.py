@@ -121,7 +121,7 @@ def test_native_probabilities_from_logits(tiny_selfrag_lm_dir, retriever):
 
 
 def test_translator_keeps_reflection_tokens(tiny_lm_dir):
-    from calm_rag.rag import Translator
+    from calm_rag.translate import Translator
 
     loads = []
 
@@ -136,6 +136,21 @@ def test_translator_keeps_reflection_tokens(tiny_lm_dir):
     assert "B. the oven" not in out or out == text
     tr("[Irrelevant]C[Utility:2]", "en", "fr")
     assert loads == [1]  # loaded once, lazily
+
+
+def test_translator_batches_a_list_in_one_generate_call(tiny_lm_dir):
+    from calm_rag.translate import Translator
+
+    gen = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
+    calls = []
+    generate = gen.generate
+    gen.generate = lambda prompts, cfg, **kw: calls.append(len(prompts)) or generate(prompts, cfg, **kw)
+    tr = Translator(lambda: gen, max_new_tokens=4)
+    requests = [("A. the fridge", "en", "zh"), ("B. le four", "fr", "de"), ("", "en", "ja"), ("C. 学校", "zh", "it")]
+    out = tr.many(requests)
+    assert calls == [3]  # one batch; the empty answer has nothing to translate
+    assert out[2] == "" and len(out) == 4
+    assert out == [tr(*r) for r in requests]  # the same as one at a time (greedy)
 
 
 def test_outputs_without_a_letter_are_completed_after_the_answer_cue(tiny_lm_dir, retriever):
