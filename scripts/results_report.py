@@ -18,169 +18,13 @@ or models) and `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Sequence
+import sys
 from pathlib import Path
 
-from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
-                               table_metrics)
-from calm_rag.config import load_run_config
-from calm_rag.pipeline import Run
-from calm_rag.records import Generation, Vote, atomic_file, atomic_write_text, read_jsonl
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-# (before, after, what the change measures)
-COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
-               ("base-never", "calm-never", "CALM - base, zero-shot (no retrieval)"),
-               ("base-adaptive", "calm-adaptive", "CALM - base, adaptive retrieval"),
-               ("calm-never", "calm-always", "CALM model: retrieval - zero-shot"),
-               ("base-never", "base-always", "base model: retrieval - zero-shot")]
-
-
-def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> dict[str, str]:
-    """Pooled accuracy over the evaluated training languages and over the languages only evaluated in
-    (transfer), by ablation column; a column without languages is left out."""
-    groups = {"acc trained": [x for x in evaluated if x in trained],
-              "acc held out": [x for x in evaluated if x not in trained]}
-    return {column: "accuracy:" + "+".join(langs) for column, langs in groups.items() if langs}
-
-
-ABLATION_COLUMNS = ("acc trained", "acc held out", "vote acc", "consistency")
-
-
-def ablation_deltas(path: Path, comparison: str) -> tuple[dict, dict[str, tuple[float, float | None, float | None]]]:
-    """A metrics JSON and its CALM - base changes per ABLATION_COLUMNS: (delta, lo, hi), or (delta, None,
-    None) for a pooled accuracy without a stored bootstrap (a file written before they were added)."""
-    data = json.loads(path.read_text())
-    if comparison not in data["deltas"]:
-        raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
-    before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
-    stored = data["deltas"][comparison]["metrics"]
-    metrics = {**group_metrics(data["config"]["calm"]["languages"], after.langs),
-               "vote acc": "vote_accuracy", "consistency": "consistency"}
-    out = {}
-    for column, metric in metrics.items():
-        if metric in stored:
-            out[column] = tuple(stored[metric])
-        else:
-            out[column] = (after.metric(metric) - before.metric(metric), None, None)
-    return data, out
-
-
-def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-always vs base-always") -> None:
-    """Changes with their 95 % intervals, one group of points per metric, one colour per run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, file in enumerate(files):
-        data, deltas = ablation_deltas(file, comparison)
-        for j, column in enumerate(ABLATION_COLUMNS):
-            if column in deltas:
-                d, lo, hi = deltas[column]
-                err = [[100 * (d - lo)], [100 * (hi - d)]] if lo is not None else None
-                ax.errorbar(j + 0.15 * (i - (len(files) - 1) / 2), 100 * d, yerr=err, fmt="o", capsize=4,
-                            color=f"C{i}", label=f"{data['run']} ({len(data['config']['calm']['languages'])} "
-                                                 f"languages)" if j == 0 else None)
-    ax.axhline(0, color="0.5", linewidth=0.8)
-    ax.set_xticks(range(len(ABLATION_COLUMNS)), ABLATION_COLUMNS)
-    ax.set_ylabel("CALM - base (pp), 95 % interval")
-    ax.set_title(f"Language ablation: {comparison}")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-
-
-def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always") -> str:
-    """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency.
-
-    Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
-    show the plain difference of the reports and no interval.
-    """
-    rows = ["| run | trained in | votes right | pairs | "
-            + " | ".join(f"Δ {c}" for c in ABLATION_COLUMNS) + " |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for path in files:
-        data, deltas = ablation_deltas(path, comparison)
-        cells = []
-        for column in ABLATION_COLUMNS:
-            d, lo, hi = deltas.get(column, (None, None, None))
-            cells.append("–" if d is None else f"{100 * d:+.1f} (no CI)" if lo is None
-                         else f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-        trained = data["config"]["calm"]["languages"]
-        pairs = data["stages"].get("pairs", {}).get("pairs", "–")
-        signal = data.get("training_signal")
-        right = f"{signal['votes_right']}/{signal['votes']}" if signal else "–"
-        rows.append(f"| {data['run']} | {', '.join(trained)} | {right} | {pairs} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def training_signal(folder: Path, train_qs) -> dict[str, int]:
-    """How often the cross-lingual vote and the training samples were right: CALM learns from the vote."""
-    gold = {q.id: q.gold for q in train_qs}
-    votes = list(read_jsonl(folder / "votes.jsonl", Vote))
-    samples = list(read_jsonl(folder / "generations.jsonl", Generation))
-    return {"votes": len(votes), "votes_right": sum(v.winner == gold[v.question_id] for v in votes),
-            "vote_ties": sum(v.tie for v in votes), "samples": len(samples),
-            "samples_right": sum(g.letter == gold[g.question_id] for g in samples)}
-
-
-def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if "eval" not in manifest.get("stages", {}):
-        raise SystemExit(f"{folder}: no eval stage in manifest.json; finish the run first "
-                         f"(calm-rag calm run CONFIG --run {folder})")
-    config = manifest["config"]
-    run = Run(folder, load_run_config(None, **{k: v for k, v in config.items() if k != "index_recipe"}))
-    train_qs, eval_qs = run.questions()
-    gold = {q.id: q.gold for q in eval_qs}
-    langs = list(run.cfg.eval_languages)
-    names = manifest["stages"]["eval"]["runs"]
-    reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
-    gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
-    metrics = table_metrics(langs) + list(group_metrics(run.cfg.calm.languages, langs).values())
-    deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, metrics, n_boot=n_boot,
-                                                      seed=seed, langs=langs))
-              for before, after, label in COMPARISONS if before in gens and after in gens]
-    stages = manifest["stages"]
-    signal = training_signal(folder, train_qs)
-    name = folder.name
-    plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
-    md = [f"### {name}", "",
-          f"Generator `{config['model']['generator']}`, trained in {', '.join(config['calm']['languages'])}, "
-          f"evaluated in {', '.join(langs)}; "
-          f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
-          f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
-          f"{config['generate']['max_new_tokens']} new tokens, k={config['selfrag']['top_k']} passages from "
-          f"`{Path(config['selfrag']['index']).name}` (retrieval {config['selfrag']['retrieval']}); "
-          f"{stages.get('train', {}).get('steps', '–')} DPO steps. Seeds: sampling {config['generate']['seed']}, "
-          f"training {config['train']['seed']}, split {config['data']['split_seed']}"
-          f"{' (split file ' + Path(config['data']['split']).name + ')' if config['data'].get('split') else ''}, "
-          f"bootstrap {seed} ({n_boot} resamples over eval questions).", "",
-          "Pairs per language: " + ", ".join(f"{k} {v}" for k, v in stages.get("pairs", {}).get("per_lang", {}).items())
-          + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
-          + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
-          f"Training signal: the cross-lingual vote matched the gold answer for {signal['votes_right']} of "
-          f"{signal['votes']} training questions ({signal['vote_ties']} of the votes were ties); "
-          f"{signal['samples_right']} of {signal['samples']} training samples were right.", "",
-          markdown_table(reports), f"![{name}]({name}.png)", ""]
-    for before, after, label, d in deltas:
-        md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]
-    text = "\n".join(md)
-    atomic_write_text(out / f"{name}.md", text)
-    atomic_write_text(out / f"{name}.json", json.dumps({
-        "run": name, "config": config, "stages": stages, "versions": manifest.get("versions"),
-        "reports": {n: r.to_dict() for n, r in reports.items()},
-        "deltas": {f"{after} vs {before}": {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
-                   for before, after, label, d in deltas},
-        "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
-        # the graded letters, enough to recompute any metric or interval without the run folder
-        "gold": gold,
-        "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
-    }, indent=2, ensure_ascii=False) + "\n")
-    return text
+from calm_rag.report import ablation_plot, ablation_table, run_section  # noqa: E402
 
 
 def main() -> None:
@@ -189,14 +33,16 @@ def main() -> None:
     ap.add_argument("--ablation", nargs="+", type=Path, metavar="JSON",
                     help="instead: one table of CALM - base (retrieval always) over these metrics files")
     ap.add_argument("--plot", type=Path, help="with --ablation: also a PNG of the changes and their intervals")
+    ap.add_argument("--comparison", default="calm-always vs base-always",
+                    help="with --ablation: the change compared, e.g. 'calm-never vs base-never' for zero-shot runs")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.ablation:
-        print(ablation_table(args.ablation))
+        print(ablation_table(args.ablation, args.comparison))
         if args.plot:
-            ablation_plot(args.ablation, args.plot)
+            ablation_plot(args.ablation, args.plot, args.comparison)
         return
     if not args.runs:
         ap.error("give run folders, or --ablation with metrics files")

@@ -180,9 +180,7 @@ def test_an_ablation_arm_reuses_the_samples_and_the_base_evaluation(tmp_path, ti
 
 def _check_results_report(run_dir, out):
     """scripts/results_report.py on a finished run: tables, bootstrap deltas, plot and metrics JSON."""
-    from tests.fixtures.scripts import load_script
-
-    module = load_script("results_report")
+    from calm_rag import report as module
     text = module.run_section(run_dir, out, n_boot=50, seed=0)
     metrics = json.loads((out / f"{run_dir.name}.json").read_text())
     assert set(metrics["deltas"]) == {"calm-always vs base-always", "calm-never vs base-never",
