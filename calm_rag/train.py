@@ -1,4 +1,4 @@
-"""DPO with trl and peft on the generator itself: the only module that imports trl.
+"""DPO with trl and peft on the generator itself (distillation's SFT, in distill.py, is trl's other use).
 
 A LoRA adapter is trained with trl's `DPOTrainer`; the reference model is the same base with
 the adapter disabled (`ref_model=None` with a peft config, trl's own way), so only one copy of

@@ -153,6 +153,30 @@ def test_calm_index_flag_is_relative_to_the_working_folder(capsys, tmp_path, mon
         assert saved == str(work / "my-index"), config
 
 
+def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_path, tiny_lm_dir, tiny_embedder_path):
+    """`calm run` end to end on the tiny model, zero-shot: every stage, the training signal, the before/after table,
+    and a rerun that finds everything done."""
+    (tmp_path / "run.yaml").write_text(
+        f'model: {{generator: "{tiny_lm_dir}", embedder: "{tiny_embedder_path}"}}\ncalm: {{languages: [en, zh]}}\n'
+        'data: {max_train: 2, max_eval: 2}\ngenerate: {n: 3, max_new_tokens: 6, temperature: 1.0, seed: 1}\n'
+        'selfrag: {retrieval: never}\ntrain: {max_steps: 1, batch_size: 1, max_length: 512}\n'
+        'eval: {retrieval: [never]}\n')
+    run = tmp_path / "r"
+    code, out, err = _run(capsys, "calm", "run", str(tmp_path / "run.yaml"), "--run", str(run))
+    assert code == 0, err
+    signal = out.index("training signal (calm.vote=majority), 2 of 2 training question(s) with gold")
+    table = out.index("| base-never |")
+    assert signal < table and "| calm-never |" in out and "pairs per language: en " in out
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"sample", "vote", "pairs", "train", "eval"}
+    assert manifest["stages"]["train"]["steps"] == 1 and manifest["stages"]["eval"]["runs"] == ["base-never",
+                                                                                               "calm-never"]
+    assert not (run / "index").exists() and "demo index" not in err  # zero-shot: no index is built or loaded
+    code, again, err = _run(capsys, "calm", "run", "--run", str(run))  # the manifest holds the config
+    assert code == 0, err
+    assert again[again.index("| run |"):] == out[out.index("| run |"):]
+
+
 def test_vv_shows_the_traceback_behind_an_error(capsys, tmp_path):
     code, _, err = _run(capsys, "index", "info", str(tmp_path / "missing"))
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pexpect = pytest.importorskip("pexpect")
+import pexpect  # noqa: E402  - a pinned dependency: missing is a failure, not a skip
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = r"\[(?:auto|en|zh|fr|de|it|ja) k=\d+\]>"
