@@ -461,9 +461,12 @@ class Run:
 
 
 def _without(section: Any, name: str) -> Any:
-    """A manifest config section minus the settings a run folder may change between stages (calm.vote)."""
+    """A manifest config section minus the settings a run folder may change between stages: calm.vote, and the
+    index of a zero-shot run (its samples read none; an evaluation with retrieval may name one)."""
     if name == "calm" and isinstance(section, dict):
         return {k: v for k, v in section.items() if k != "vote"}
+    if name == "selfrag" and isinstance(section, dict) and section.get("retrieval") == "never":
+        return {k: v for k, v in section.items() if k != "index"}
     return section
 
 

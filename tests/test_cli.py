@@ -153,7 +153,8 @@ def test_calm_index_flag_is_relative_to_the_working_folder(capsys, tmp_path, mon
         assert saved == str(work / "my-index"), config
 
 
-def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_path, tiny_lm_dir, tiny_embedder_path):
+def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_path, tiny_lm_dir, tiny_embedder_path,
+                                                                   cli_index):
     """`calm run` end to end on the tiny model, zero-shot: every stage, the training signal, the before/after table,
     and a rerun that finds everything done."""
     (tmp_path / "run.yaml").write_text(
@@ -175,6 +176,12 @@ def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_p
     code, again, err = _run(capsys, "calm", "run", "--run", str(run))  # the manifest holds the config
     assert code == 0, err
     assert again[again.index("| run |"):] == out[out.index("| run |"):]
+    # the zero-shot run's models evaluated with retrieval too: the index may be named now, the rows add up
+    code, more, err = _run(capsys, "calm", "eval", "--run", str(run), "--index", str(cli_index), "--retrieval", "always")
+    assert code == 0, err
+    assert all(f"| {row} |" in more for row in ("base-never", "calm-never", "base-always", "calm-always"))
+    code, _, err = _run(capsys, "calm", "sample", "--run", str(run), "-n", "2")  # sampling settings stay fixed
+    assert code == 2 and "other generate settings" in err
 
 
 def test_vv_shows_the_traceback_behind_an_error(capsys, tmp_path):
