@@ -9,22 +9,7 @@ import pytest
 from calm_rag import adapters
 from calm_rag.adapters import adapter_base, adapter_folder, export_adapter, generator_for, model_identity
 from calm_rag.models import ModelError
-
-
-def _lora(base_dir, out_dir):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)),
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(str(out_dir))
-    return out_dir
+from tests.fixtures.tiny_lm import random_lora
 
 
 @pytest.fixture
@@ -81,7 +66,7 @@ def test_exported_adapter_is_fp16_small_names_its_base_and_gives_the_same_answer
     from calm_rag.config import GenerateConfig
     from calm_rag.generate import load_generator
 
-    run_adapter = _lora(tiny_lm_dir, tmp_path / "run_adapter")
+    run_adapter = random_lora(tiny_lm_dir, tmp_path / "run_adapter", targets=("q_proj", "v_proj"), r=2)
     out = export_adapter(run_adapter, shipped / "calm-tiny", str(tiny_lm_dir), metrics={"consistency": 0.5})
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert weights and all(t.dtype == torch.float16 for t in weights.values())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from calm_rag.config import GenerateConfig
+from tests.fixtures.tiny_lm import random_lora
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
 
@@ -185,26 +186,10 @@ def test_stream_and_cancel(pair):
     assert ll.generate(chat(ll, PROMPTS[:1]), cfg)  # usable after a cancel
 
 
-def _lora(base_dir, out_dir, seed=0):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    peft_model.save_pretrained(str(out_dir))
-    return out_dir
-
-
 def test_lora_applied_like_peft(varied_lm_dir, tmp_path, pair, home):
     from calm_rag.generate import load_generator
 
-    adapter = _lora(varied_lm_dir, tmp_path / "adapter")
+    adapter = random_lora(varied_lm_dir, tmp_path / "adapter")
     hf = load_generator(str(varied_lm_dir), backend="transformers", adapter=str(adapter), device="cpu")
     ll = load_generator(str(varied_lm_dir), backend="llama.cpp", adapter=str(adapter), precision="f32")
     prompts = chat(hf, PROMPTS)
@@ -228,7 +213,7 @@ def test_adapter_for_another_base_is_a_clear_error(tiny_lm_dir, tmp_path, home):
     cfg.update(hidden_size=96, intermediate_size=160)
     Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
                      ).save_pretrained(other)
-    adapter = _lora(other, tmp_path / "adapter-other")
+    adapter = random_lora(other, tmp_path / "adapter-other")
     # the adapter names its base (peft's base_model_name_or_path): refused before anything is converted
     converted = home / "gguf" / "adapters"
     before = sorted(converted.iterdir()) if converted.is_dir() else []
