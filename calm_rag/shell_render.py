@@ -78,7 +78,10 @@ def render_turn(turn: Turn, raw: bool = False) -> RenderableType:
             body.append("\n")
     if said or not q.options:
         body.append(said or "(empty answer)")
-    title = f"answer · {q.lang} ({turn.lang_source})" + (f" · option {letter}" if letter else "")
+    # a letter the model did not write itself (the answer-cue step picked it) is marked as such
+    completed = letter is not None and letter == best.letter and best.completed
+    title = (f"answer · {q.lang} ({turn.lang_source})" + (f" · option {letter}" if letter else "")
+             + (" (after the answer cue)" if completed else ""))
     parts: list[RenderableType] = [
         Panel(body, title=Text(title), title_align="left",
               subtitle=Text(f"{turn.mode} critique · {turn.seconds:.1f}s"), subtitle_align="right"),

@@ -165,7 +165,13 @@ def test_labelled_examples_follow_the_critic(labelled):
     assert {e.position for e in examples} == {20, 21}
     for e in examples:
         retrieved = e.passage_id is not None
-        assert e.labels == hard_labels(e.probs, retrieved)
+        # each label is the critic's most probable token of its group (computed here, not by hard_labels)
+        top = {name: max(tokens, key=lambda t: e.probs.get(t, -1.0)) for name, tokens in (
+            ("relevance", selfrag.RELEVANCE_TOKENS), ("support", selfrag.SUPPORT_TOKENS),
+            ("utility", selfrag.UTILITY_TOKENS))}
+        assert e.labels == {"retrieval": selfrag.RETRIEVAL if retrieved else selfrag.NO_RETRIEVAL,
+                            "relevance": top["relevance"] if retrieved else None,
+                            "support": top["support"] if retrieved else None, "utility": top["utility"]}
         assert selfrag.PARAGRAPH_OPEN not in e.prompt and e.prompt.endswith("### Response:\n")
         if retrieved:
             assert e.output.startswith("[Retrieval]<paragraph>") and "</paragraph>" in e.output

@@ -129,11 +129,20 @@ def test_translator_keeps_reflection_tokens(tiny_lm_dir):
         loads.append(1)
         return load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
 
-    tr = Translator(load, max_new_tokens=6)
+    from tests.fixtures.recording import Recording
+
+    recorded = []
+
+    def load_recording():
+        recorded.append(Recording(load()))
+        return recorded[-1]
+
+    tr = Translator(load_recording, max_new_tokens=6)
     text = "[Relevant]B. the oven[Fully supported][Utility:4]"
     out = tr(text, "en", "zh")
-    assert out.startswith("[Relevant]") and out.endswith("[Fully supported][Utility:4]")
-    assert "B. the oven" not in out or out == text
+    # the answer part is what the model wrote for it (tokens it may have forged dropped), the tokens around kept
+    wrote = selfrag.parse_output(recorded[0].sampled[0].strip()).answer or "B. the oven"
+    assert out == "[Relevant]" + wrote + "[Fully supported][Utility:4]"
     tr("[Irrelevant]C[Utility:2]", "en", "fr")
     assert loads == [1]  # loaded once, lazily
 
