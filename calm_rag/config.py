@@ -424,13 +424,13 @@ def load_run_config(path: str | Path | None = None, **sections: dict[str, Any]) 
         data.update({k: v for k, v in (sections.get(name) or {}).items() if v is not None})
         if name == "data":
             data.setdefault("files", demo_files())
-            data["files"] = {lang: str(_rel(base, p)) for lang, p in data["files"].items()}
+            data["files"] = {lang: str(path_in_file(base, p)) for lang, p in data["files"].items()}
             if data.get("split"):
-                data["split"] = str(_rel(base, data["split"]))
+                data["split"] = str(path_in_file(base, data["split"]))
         if name == "selfrag" and data.get("index"):
-            data["index"] = str(_rel(base, data["index"]))
+            data["index"] = str(path_in_file(base, data["index"]))
         if name == "calm" and data.get("reuse"):
-            data["reuse"] = str(_rel(base, data["reuse"]))
+            data["reuse"] = str(path_in_file(base, data["reuse"]))
         built[name] = from_mapping(cls, data, f"{path or 'defaults'} [{name}]")
     cfg = RunConfig(**built, index_recipe=raw.get("index_recipe", "demo"))
     missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
@@ -554,16 +554,16 @@ def load_distill_config(path: str | Path, **overrides: Any) -> DistillConfig:
         if key == "data":
             if not isinstance(raw["data"], Mapping):
                 raise ConfigError(f"{path}: data must map languages to files, e.g. data: {{en: en.json}}")
-            raw["data"] = {lang: str(_rel(base, p)) for lang, p in raw["data"].items()}
+            raw["data"] = {lang: str(path_in_file(base, p)) for lang, p in raw["data"].items()}
         elif key in ("model", "embedder"):
             raw[key] = model_path(base, raw[key])
         else:
-            raw[key] = str(_rel(base, raw[key]))
+            raw[key] = str(path_in_file(base, raw[key]))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return from_mapping(DistillConfig, raw, f"{path} [distill]")
 
 
-def _rel(base: Path, p: Any) -> Path:
+def path_in_file(base: Path, p: Any) -> Path:
     """The one rule for paths in a YAML file: relative to the file's folder (normalised); absolute ones as given."""
     q = Path(str(p)).expanduser()
     return q if q.is_absolute() else Path(os.path.normpath(base / q))
@@ -573,5 +573,5 @@ def model_path(base: Path, value: Any) -> str:
     """A model or adapter in a YAML file: a folder (written ./ or ../, or existing beside the file) becomes an
     absolute path; a packaged name or hub id stays as written."""
     text = str(value)
-    candidate = _rel(base, text)
+    candidate = path_in_file(base, text)
     return str(candidate.resolve()) if text.startswith(".") or candidate.exists() else text

@@ -52,26 +52,24 @@ def find_recipe(name_or_path: str | Path) -> Path:
                           "(or pass a path to a .yaml file)")
 
 
-def load_recipe(name_or_path: str | Path, root: str | Path | None = None) -> IndexRecipe:
-    """Read `indexes/<name>.yaml` (or a path); relative paths resolve from `root` (default: the folder
-    above the recipe's folder, i.e. the repo root for `indexes/*.yaml`)."""
-    import yaml
+def load_recipe(name_or_path: str | Path) -> IndexRecipe:
+    """Read `indexes/<name>.yaml` (or a path); relative paths are relative to the recipe's folder, as in every
+    YAML file calm-rag reads (config.path_in_file); `hf:` datasets stay as written."""
+    from calm_rag.config import ConfigError, path_in_file, read_yaml
 
     path = find_recipe(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise IndexBuildError(f"{path}: not valid YAML ({exc}); fix the recipe") from exc
-    if not isinstance(data, dict):
-        raise IndexBuildError(f"{path}: a recipe is a mapping with name, embedder, corpora, index, chunk, output")
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise IndexBuildError(f"{exc}; fix the recipe") from exc
     known = {"name", "embedder", "corpora", "index", "chunk", "output", "description"}
     unknown = set(data) - known
     if unknown:
         raise IndexBuildError(f"{path}: unknown key(s) {sorted(unknown)}; use {', '.join(sorted(known))}")
-    base = Path(root) if root is not None else path.resolve().parent.parent
+    base = path.resolve().parent
 
     def resolve(p: str) -> str:
-        return p if p.startswith("hf:") or Path(p).is_absolute() else str(base / p)
+        return p if p.startswith("hf:") else str(path_in_file(base, p))
 
     sources = []
     for i, entry in enumerate(data.get("corpora") or [], 1):
@@ -90,7 +88,7 @@ def load_recipe(name_or_path: str | Path, root: str | Path | None = None) -> Ind
         index_cfg = IndexConfig(**{**(data.get("index") or {}), "chunk": chunk})
     except TypeError as exc:
         raise IndexBuildError(f"{path}: {exc}; see IndexConfig / ChunkConfig fields in calm_rag/index.py") from exc
-    output = Path(resolve(str(data.get("output") or f"indexes/{name}")))
+    output = Path(resolve(str(data.get("output") or name)))  # default: beside the recipe
     return IndexRecipe(name=name, corpora=tuple(sources), embedder=str(data.get("embedder") or DEFAULT_EMBEDDER),
                        index=index_cfg, output=output)
 

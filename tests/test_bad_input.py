@@ -268,7 +268,7 @@ def test_recipe_folder_with_jsonl_and_txt_files(capsys, tmp_path):
     (folder / "a.txt").write_text("Heart\nThe heart pumps blood.\n")
     recipe = tmp_path / "indexes" / "mixed.yaml"
     recipe.parent.mkdir()
-    recipe.write_text("corpora:\n  - {path: notes, lang: en}\n")
+    recipe.write_text("corpora:\n  - {path: ../notes, lang: en}\n")  # relative to the recipe file
     code, _, err = cli(capsys, "index", "build", "--recipe", recipe)
     clean_error(code, err, str(folder), "docs.jsonl", "a text folder does not read")
     assert not (tmp_path / "indexes" / "mixed").exists()

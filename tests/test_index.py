@@ -258,7 +258,9 @@ def test_recipe_errors(tmp_path):
     good.write_text("corpora:\n  - data/*.jsonl\n  - {path: notes, lang: fr}\nchunk: {max_tokens: 100}\n")
     r = load_recipe(good)
     assert r.name == "good" and r.output == tmp_path / "indexes" / "good"
-    assert r.corpora[0].path == str(tmp_path / "data/*.jsonl") and r.corpora[1].lang == "fr"
+    # paths are relative to the recipe's folder, like every YAML file calm-rag reads
+    assert r.corpora[0].path == str(tmp_path / "indexes" / "data" / "*.jsonl") and r.corpora[1].lang == "fr"
+    assert r.corpora[1].path == str(tmp_path / "indexes" / "notes")
     assert r.index.chunk.max_tokens == 100
     with pytest.raises(IndexBuildError, match="no index recipe named 'nope'"):
         load_recipe("nope")
