@@ -70,13 +70,9 @@ LABEL_KEYS = ("model", "index", "embedder", "data", "dataset", "langs", "holdout
 
 def load_pools(cfg: DistillConfig) -> dict[str, list[Question]]:
     """The configured languages' questions, aligned by position (mismatches are logged, not dropped)."""
-    from calm_rag.qa import align_parallel, load_questions
+    from calm_rag.qa import load_parallel
 
-    sets = {lang: load_questions(cfg.data[lang], lang=lang, dataset=cfg.dataset or None) for lang in cfg.langs}
-    aligned = align_parallel(sets)
-    for m in aligned.mismatches:
-        log.warning("question alignment: %s", m.description)
-    return aligned.by_lang
+    return load_parallel({lang: cfg.data[lang] for lang in cfg.langs}, dataset=cfg.dataset or None, drop=False).by_lang
 
 
 def distill_units(cfg: DistillConfig, pools: Mapping[str, list[Question]] | None = None) -> list[tuple[int, Question]]:

@@ -31,7 +31,7 @@ def load_eval_questions(files: Iterable[str | Path], langs: Iterable[str] | None
     position, the first language's ids naming the questions. With a `split` file only its dev
     questions are kept (all of them must be in the files).
     """
-    from calm_rag.qa import QAFormatError, lang_from_path, align_parallel, load_questions
+    from calm_rag.qa import QAFormatError, align_and_report, lang_from_path, load_questions
 
     files = [Path(f) for f in files]
     if not files:
@@ -66,11 +66,7 @@ def load_eval_questions(files: Iterable[str | Path], langs: Iterable[str] | None
     by = "id" if all(ref_ids & {q.id for q in qs} for qs in by_lang.values()) else "position"
     if by == "position" and len(by_lang) > 1:
         log.warning("the languages share no question ids; aligning them by position (item i is one question)")
-    aligned = align_parallel(by_lang, by=by)
-    for m in aligned.mismatches:
-        log.warning("question alignment: %s", m.description)
-    if drop_mismatched:
-        aligned = aligned.drop()
+    aligned = align_and_report(by_lang, by=by, drop=drop_mismatched)
     keep = list(range(len(aligned)))
     if split is not None:
         _, keep = split_from_file(split, aligned, required=("dev",))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from calm_rag.config import ConfigError, GenerateConfig, RunConfig, load_run_config
-from calm_rag.records import (Generation, JsonlAppender, Question, Vote, atomic_write_text,
-                              package_versions, read_jsonl, write_jsonl)
+from calm_rag.records import Generation, Question, Vote, atomic_write_text, package_versions, read_jsonl, write_jsonl
+from calm_rag.sampling import sample_units
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,15 @@ log = logging.getLogger(__name__)
 def load_aligned(cfg: RunConfig):
     """The parallel questions of the training and eval languages, mismatches reported (and dropped if
     configured): one question set for every language, so eval-only languages grade the same questions."""
-    from calm_rag.qa import align_parallel, load_questions
+    from calm_rag.qa import load_parallel
 
     missing = [lang for lang in cfg.all_languages if lang not in cfg.data.files]
     if missing:
         raise ConfigError(f"data.files has no file for language(s) {missing}; add them or drop them from "
                           f"calm.languages / eval.languages")
     # with a split file, ids are qa.py's own (`xcsqa-train-12`), the ones the split file lists
-    dataset = None if cfg.data.split else "q"
-    sets = {lang: load_questions(cfg.data.files[lang], lang=lang, dataset=dataset) for lang in cfg.all_languages}
-    aligned = align_parallel(sets)
-    for m in aligned.mismatches:
-        log.warning("question alignment: %s", m.description)
-    if cfg.data.drop_mismatched:
-        aligned = aligned.drop()
-    return aligned
+    return load_parallel({lang: cfg.data.files[lang] for lang in cfg.all_languages},
+                         dataset=None if cfg.data.split else "q", drop=cfg.data.drop_mismatched)
 
 
 def split_questions(cfg: RunConfig, aligned) -> tuple[list[int], list[int]]:
@@ -151,47 +145,6 @@ def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieva
     gen = generator or load_run_generator(cfg, adapter or cfg.model.adapter)
     scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
     return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate)
-
-
-def sample_units(rag, units: list[Question], out_path: Path, n: int,
-                 on_unit: Callable[[int], None] | None = None) -> list[Generation]:
-    """Answer every (question, language) unit n times, appending records; done units are skipped.
-
-    Units are answered in groups of `generate.units_per_batch` consecutive units, cut from the full
-    unit list (not from what is left), so a group is the same batch with the same seed in every
-    run. A group's records are appended at its end; a group cut short by an interrupt leaves some
-    units incomplete, and all of that group's records are dropped on restart, so a resumed run
-    equals an uninterrupted one.
-    """
-    from tqdm.auto import tqdm
-
-    size = rag.gen_cfg.units_per_batch
-    groups = [units[i:i + size] for i in range(0, len(units), size)]
-    done: dict[tuple[str, str], list[dict]] = {}
-    if out_path.exists():
-        for rec in read_jsonl(out_path):
-            done.setdefault((rec["question_id"], rec["lang"]), []).append(rec)
-        torn = {(q.id, q.lang) for g in groups if any(len(done.get((q.id, q.lang), [])) != n for q in g)
-                for q in g} & set(done)
-        if torn:  # records of units outside this unit list are left alone
-            log.warning("%s: dropping %d unit(s) of a batch left incomplete by an interrupted run", out_path, len(torn))
-            write_jsonl(out_path, [r for key, recs in done.items() if key not in torn for r in recs])
-        done = {k: v for k, v in done.items() if k not in torn}
-    todo = [g for g in groups if any((q.id, q.lang) not in done for q in g)]
-    left = sum(map(len, todo))
-    log.info("sampling: %d unit(s) done, %d to go in %d batch(es)", len(units) - left, left, len(todo))
-    with JsonlAppender(out_path) as app, tqdm(total=left, desc="sampling", unit="unit", disable=not todo) as bar:
-        finished = 0
-        for group in todo:
-            for answer in rag.answer_many(group, n=n):
-                for g in answer.generations():
-                    app.append(g)
-            bar.update(len(group))
-            if on_unit:
-                for _ in group:
-                    on_unit(finished)
-                    finished += 1
-    return list(read_jsonl(out_path, Generation))
 
 
 def eval_generate_config(cfg: RunConfig) -> GenerateConfig:

@@ -558,6 +558,21 @@ def align_parallel(sets: Mapping[str, Sequence[Question]], by: str = "position")
     return AlignedSet(langs, ids, by_lang, mismatches)
 
 
+def align_and_report(sets: Mapping[str, Sequence[Question]], by: str = "position", drop: bool = True) -> AlignedSet:
+    """Aligned questions with every mismatch logged as a warning, and dropped when `drop`."""
+    aligned = align_parallel(sets, by=by)
+    for m in aligned.mismatches:
+        logger.warning("question alignment: %s", m.description)
+    return aligned.drop() if drop else aligned
+
+
+def load_parallel(files: Mapping[str, Any], *, dataset: str | None = None, drop: bool = True) -> AlignedSet:
+    """The one way from per-language QA files {lang: path} to aligned questions (runs, distillation;
+    `calm eval --data` also takes files whose language it must find first)."""
+    return align_and_report({lang: load_questions(path, lang=lang, dataset=dataset) for lang, path in files.items()},
+                            drop=drop)
+
+
 def split_train_dev(n_questions: int, dev_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Split question positions (shared by every language) into sorted train and dev lists.
 

@@ -17,7 +17,6 @@ DPO pairs are built from it, so it is never re-rendered from the critique (on-po
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from calm_rag.config import GenerateConfig, SelfRagConfig
 from calm_rag.generate import Generator
 from calm_rag.languages import text_for
 from calm_rag.records import Critique, Generation, Hit, Question
+from calm_rag.sampling import unit_seed
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,6 @@ class RagAnswer:
 def has_reflection_tokens(generator: Generator) -> bool:
     """Native mode needs every reflection token as a single token of the vocabulary."""
     return generator.has_tokens(selfrag.REFLECTION_TOKENS)
-
-
-def unit_seed(base: int, *parts: str) -> int:
-    """A stable per-unit seed (question id, language), independent of run order."""
-    return (base * 1_000_003 + zlib.crc32("\x1f".join(parts).encode())) % (2**31)
 
 
 class SelfRag:

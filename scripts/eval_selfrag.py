@@ -48,7 +48,7 @@ def main() -> None:
     from calm_rag.config import GenerateConfig, SelfRagConfig
     from calm_rag.evaluate import evaluate_generations
     from calm_rag.generate import load_generator
-    from calm_rag.pipeline import sample_units
+    from calm_rag.sampling import sample_units
     from calm_rag.retrieve import load_retriever
     from calm_rag.qa import load_questions
     from calm_rag.rag import SelfRag
