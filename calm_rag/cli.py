@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace):
     --config), else the bundled defaults. Path flags are relative to the working folder."""
     from pathlib import Path
 
-    from calm_rag.config import load_run_config, saved_run_config
+    from calm_rag.config_files import load_run_config, saved_run_config
     from calm_rag.pipeline import Run
 
     manifest = Path(args.run) / "manifest.json"
@@ -277,7 +277,7 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     import re
 
     from calm_rag.adapters import adapter_folder, generator_for
-    from calm_rag.config import load_run_config, read_yaml
+    from calm_rag.config_files import load_run_config, read_yaml
     from calm_rag.evaluate import markdown_table
     from calm_rag.eval_files import evaluate_files
 
@@ -388,7 +388,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_selfrag_distill(args: argparse.Namespace) -> int:
-    from calm_rag.config import load_distill_config
+    from calm_rag.config_files import load_distill_config
     from calm_rag.distill import Distillation
 
     cfg = load_distill_config(args.config, out=args.out, model=args.model, index=args.index, embedder=args.embedder,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calm_rag.config import ChunkConfig
 from calm_rag.languages import UnknownLanguageError, check_lang
 from calm_rag.records import Document, Passage, file_sha256
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("id", "title", "contents", "lang", "source")
 FORMATS = ("auto", "jsonl", "text", "csv", "parquet", "hf")
-CJK_LANGS = ("zh", "ja")
 # Sentence punctuation before spaces for CJK; clause marks as a later fallback.
 CJK_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "!", "?", "；", ";", "，", "、", ",", " ", ""]
 SPACED_SEPARATORS = ["\n\n", "\n", ". ", "! ", "? ", "; ", ": ", ", ", " ", ""]
@@ -36,28 +36,6 @@ DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".csv", 
 
 class CorpusError(ValueError):
     """A corpus file or document that cannot be used; the message names file, line and fix."""
-
-
-@dataclass(frozen=True)
-class ChunkConfig:
-    """How documents become passages; sizes are in embedder tokens."""
-
-    max_tokens: int = field(default=200, metadata={"help": "largest chunk, in embedder tokens (prompt excluded)"})
-    overlap_tokens: int = field(default=32, metadata={"help": "tokens shared by consecutive chunks of a document"})
-    cjk_langs: tuple[str, ...] = field(default=CJK_LANGS, metadata={
-        "help": "languages split at 。！？ before spaces (no spaces between their sentences)"})
-    embed_title: bool = field(default=True, metadata={
-        "help": "prefix the title to a chunk's embedded text when the chunk does not already contain it"})
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 8:
-            raise ValueError(f"chunk max_tokens={self.max_tokens} is too small; use at least 8 (typically 128-400)")
-        if not 0 <= self.overlap_tokens < self.max_tokens:
-            raise ValueError(f"chunk overlap_tokens={self.overlap_tokens} must be >= 0 and smaller than "
-                             f"max_tokens={self.max_tokens}; lower it (typically max_tokens / 8)")
-        object.__setattr__(self, "cjk_langs", tuple(self.cjk_langs))
-        for code in self.cjk_langs:
-            check_lang(code, "chunk cjk_langs")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import ConfigError, RunConfig, load_run_config
+from calm_rag.config import ConfigError, RunConfig
+from calm_rag.config_files import load_run_config
 from calm_rag.pipeline import eval_generate_config, evaluate_modes, split_from_file
 from calm_rag.retrieve import load_retriever
 from calm_rag.records import Question, atomic_write_text, file_sha256

@@ -19,14 +19,14 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calm_rag.corpora import (ChunkConfig, chunk_documents, corpus_files, load_documents,
-                              passage_embed_text)
+from calm_rag.config import ChunkConfig, IndexConfig
+from calm_rag.corpora import chunk_documents, corpus_files, load_documents, passage_embed_text
 from calm_rag.records import Passage, RecordError, atomic_file, atomic_write_text, file_sha256, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -44,36 +44,6 @@ class IndexBuildError(ValueError):
 
 class IndexLoadError(ValueError):
     """An index folder that cannot be used; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How an index is built (chunking included)."""
-
-    factory: str = field(default="Flat", metadata={
-        "help": "FAISS index_factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product)"})
-    chunk: ChunkConfig = field(default_factory=ChunkConfig, metadata={"help": "chunking settings"})
-    batch_size: int = field(default=64, metadata={"help": "chunks per embedder forward pass"})
-    shard_size: int = field(default=512, metadata={
-        "help": "chunks per checkpoint shard (--checkpoint): an interrupted build loses at most one shard of work, "
-                "about 10-20 s on a laptop CPU with the default embedder"})
-    train_size: int = field(default=65536, metadata={
-        "help": "vectors sampled to train IVF/PQ indexes (39-256 per centroid is typical)"})
-    ef_construction: int = field(default=80, metadata={"help": "HNSW build-time beam width"})
-    seed: int = field(default=0, metadata={"help": "seed of the training sample"})
-    use_gpu: bool = field(default=True, metadata={"help": "build on FAISS GPUs when faiss sees any"})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.chunk, Mapping):
-            object.__setattr__(self, "chunk", ChunkConfig(**self.chunk))
-        if not self.factory or not self.factory.strip():
-            raise ValueError("index factory is empty; use a FAISS index_factory string such as Flat or HNSW32")
-        for name in ("batch_size", "shard_size", "train_size", "ef_construction"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"index {name}={getattr(self, name)} must be >= 1")
-        if self.shard_size < self.batch_size:
-            raise ValueError(f"index shard_size={self.shard_size} is smaller than batch_size={self.batch_size}; "
-                             "make shard_size a multiple of batch_size")
 
 
 # ---------------------------------------------------------------- FAISS

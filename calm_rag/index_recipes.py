@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calm_rag.corpora import ChunkConfig, CorpusSource, load_documents
-from calm_rag.index import MANIFEST_FILE, IndexBuildError, IndexConfig, build_index, check_output, is_index_folder
+from calm_rag.config import ChunkConfig, IndexConfig
+from calm_rag.corpora import CorpusSource, load_documents
+from calm_rag.index import MANIFEST_FILE, IndexBuildError, build_index, check_output, is_index_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
 def load_recipe(name_or_path: str | Path) -> IndexRecipe:
     """Read `indexes/<name>.yaml` (or a path); relative paths are relative to the recipe's folder, as in every
     YAML file calm-rag reads (config.path_in_file); `hf:` datasets stay as written."""
-    from calm_rag.config import ConfigError, path_in_file, read_yaml
+    from calm_rag.config import ConfigError
+    from calm_rag.config_files import path_in_file, read_yaml
 
     path = find_recipe(name_or_path)
     try:
@@ -87,7 +89,7 @@ def load_recipe(name_or_path: str | Path) -> IndexRecipe:
         chunk = ChunkConfig(**(data.get("chunk") or {}))
         index_cfg = IndexConfig(**{**(data.get("index") or {}), "chunk": chunk})
     except TypeError as exc:
-        raise IndexBuildError(f"{path}: {exc}; see IndexConfig / ChunkConfig fields in calm_rag/index.py") from exc
+        raise IndexBuildError(f"{path}: {exc}; see IndexConfig / ChunkConfig fields in calm_rag/config.py") from exc
     output = Path(resolve(str(data.get("output") or name)))  # default: beside the recipe
     return IndexRecipe(name=name, corpora=tuple(sources), embedder=str(data.get("embedder") or DEFAULT_EMBEDDER),
                        index=index_cfg, output=output)

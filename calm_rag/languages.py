@@ -45,6 +45,7 @@ LANGUAGES: dict[str, LanguageText] = {
 }
 
 DEFAULT_LANGS: tuple[str, ...] = ("en", "zh", "fr", "de", "it", "ja")
+CJK_LANGS: tuple[str, ...] = ("zh", "ja")  # no spaces between sentences: chunked at 。！？ first
 
 
 class UnknownLanguageError(ValueError):

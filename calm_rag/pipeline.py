@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import ConfigError, GenerateConfig, RunConfig, load_run_config
+from calm_rag.config import ConfigError, GenerateConfig, RunConfig
+from calm_rag.config_files import load_run_config
 from calm_rag.records import Generation, Question, Vote, atomic_write_text, package_versions, read_jsonl, write_jsonl
 from calm_rag.sampling import sample_units
 

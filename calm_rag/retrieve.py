@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from calm_rag.config import RetrieveConfig
 from calm_rag.languages import check_lang
 from calm_rag.records import Hit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetrieveConfig:
-    """Search-time settings."""
-
-    k: int = field(default=5, metadata={"help": "passages per query"})
-    nprobe: int = field(default=16, metadata={"help": "IVF lists visited per query (IVF indexes)"})
-    ef_search: int = field(default=64, metadata={"help": "HNSW search beam width (raised to k when smaller)"})
-    batch_size: int = field(default=64, metadata={"help": "queries per embedder forward pass"})
-
-    def __post_init__(self) -> None:
-        for name in ("k", "nprobe", "ef_search", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"retrieve {name}={getattr(self, name)} must be >= 1")
 
 
 def _as_set(value: str | Iterable[str] | None) -> frozenset[str] | None:

@@ -17,7 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import ConfigError, TrainConfig, from_mapping, saved_run_config
+from calm_rag.config import ConfigError, TrainConfig
+from calm_rag.config_files import from_mapping, saved_run_config
 from calm_rag.records import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from calm_rag import selfrag
-from calm_rag.config import load_distill_config
+from calm_rag.config_files import load_distill_config
 from calm_rag.distill import LABEL_GROUPS, argmax_token, critic_tables, hard_labels, holdout_units, make_teacher
 
 log = logging.getLogger("bench_distill")

@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CORPORA = REPO.parent / "shared" / "corpora"
 
-from calm_rag.corpora import (ChunkConfig, CorpusSource, chunk_documents, load_documents,  # noqa: E402
-                              passage_embed_text)
+from calm_rag.config import ChunkConfig, IndexConfig, RetrieveConfig  # noqa: E402
+from calm_rag.corpora import CorpusSource, chunk_documents, load_documents, passage_embed_text  # noqa: E402
 from calm_rag.embed import load_encoder  # noqa: E402
-from calm_rag.index import IndexConfig, LoadedIndex, build_index, load_index  # noqa: E402
+from calm_rag.index import LoadedIndex, build_index, load_index  # noqa: E402
 from calm_rag.index_recipes import load_recipe  # noqa: E402
 from calm_rag.records import Passage  # noqa: E402
-from calm_rag.retrieve import RetrieveConfig, Retriever  # noqa: E402
+from calm_rag.retrieve import Retriever  # noqa: E402
 
 log = logging.getLogger("bench_index")
 

@@ -390,7 +390,7 @@ def test_eval_max_questions_negative(capsys, tmp_path):
 
 def test_yaml_comma_lists_and_bool_strings_still_load(tmp_path):
     """The type check keeps what worked: comma lists for list fields, YAML yes/no for train_tokens."""
-    from calm_rag.config import load_run_config
+    from calm_rag.config_files import load_run_config
 
     cfg = load_run_config(run_yaml(tmp_path, "calm: {languages: 'en, zh'}\neval: {retrieval: never}\n"
                                              "train: {train_tokens: no, learning_rate: 1.0e-4}\n"))

@@ -1,7 +1,7 @@
 import pytest
 
-from calm_rag.config import (CalmConfig, ConfigError, GenerateConfig, PairsConfig, SelfRagConfig, TrainConfig,
-                             load_run_config)
+from calm_rag.config import CalmConfig, ConfigError, GenerateConfig, PairsConfig, SelfRagConfig, TrainConfig
+from calm_rag.config_files import load_run_config
 
 
 def test_defaults_valid():

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from calm_rag.corpora import (ChunkConfig, CorpusError, CorpusSource, chunk_documents, iter_documents,
-                              load_documents, passage_embed_text)
+from calm_rag.config import ChunkConfig
+from calm_rag.corpora import (CorpusError, CorpusSource, chunk_documents, iter_documents, load_documents,
+                              passage_embed_text)
 from calm_rag.records import Document
 
 REPO = Path(__file__).resolve().parent.parent

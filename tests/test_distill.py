@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from calm_rag import selfrag
-from calm_rag.config import ConfigError, DistillConfig, load_distill_config
+from calm_rag.config import ConfigError, DistillConfig
+from calm_rag.config_files import load_distill_config
 from calm_rag.distill import (Distillation, Example, add_reflection_tokens, argmax_token, distill_units,
                               encode_example, hard_labels, holdout_units, make_teacher, read_examples, render_example,
                               train_sft)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calm_rag.corpora import ChunkConfig
-from calm_rag.index import (FORMAT_VERSION, IndexBuildError, IndexConfig, IndexLoadError, build_index,
-                            index_info, load_index, make_faiss_index)
+from calm_rag.config import ChunkConfig, IndexConfig
+from calm_rag.index import (FORMAT_VERSION, IndexBuildError, IndexLoadError, build_index, index_info, load_index,
+                            make_faiss_index)
 from calm_rag.index_recipes import load_recipe
 from calm_rag.records import Document
 

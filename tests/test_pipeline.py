@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from calm_rag.config import load_run_config
+from calm_rag.config_files import load_run_config
 from calm_rag.pipeline import Run
 from calm_rag.sampling import sample_units
 from calm_rag.records import Generation, read_jsonl

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calm_rag.index import IndexConfig, build_index, load_index
-from calm_rag.retrieve import RetrieveConfig, Retriever
+from calm_rag.config import IndexConfig, RetrieveConfig
+from calm_rag.index import build_index, load_index
+from calm_rag.retrieve import Retriever
 from tests.test_index import CFG, make_docs
 
 QUERIES = ["heart blood fever", "心脏 血液", "chien chat", "kidney liver cancer", "肺癌"]

@@ -33,7 +33,7 @@ def plain(text: str) -> str:
 @pytest.fixture(scope="module")
 def shell_index(tmp_path_factory, tiny_encoder) -> Path:
     """A small index (demo corpus, en + zh) embedded with the tiny embedder."""
-    from calm_rag.corpora import ChunkConfig
+    from calm_rag.config import ChunkConfig
     from calm_rag.index import build_index
 
     out = tmp_path_factory.mktemp("shell_index") / "index"

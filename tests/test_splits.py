@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from calm_rag.config import ConfigError
-from calm_rag.config import load_run_config
+from calm_rag.config_files import load_run_config
 from calm_rag.pipeline import Run, load_aligned, split_questions
 from tests.fixtures.scripts import load_script
 
