@@ -195,7 +195,8 @@ def saved_run_config(folder: str | Path, **sections: dict[str, Any]) -> RunConfi
     path = Path(folder) / "manifest.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))["config"]
-        merged = {name: {**(saved.get(name) or {}),
+        known = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()}
+        merged = {name: {**{k: v for k, v in (saved.get(name) or {}).items() if k in known[name]},  # removed options go
                          **{k: v for k, v in (sections.get(name) or {}).items() if v is not None}}
                   for name in SECTIONS}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

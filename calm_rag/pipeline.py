@@ -205,7 +205,7 @@ class Run:
         new = json.loads(json.dumps(self.cfg.to_dict()))
         for section in ("model", "generate", "selfrag", "calm", "data"):
             # the vote's weighting acts after sampling: a rerun of the vote stage may change it
-            if old and _without(old.get(section), section) != _without(new.get(section), section):
+            if old and _comparable(old.get(section), section) != _comparable(new.get(section), section):
                 raise ConfigError(f"{self.manifest_path}: the run was started with other {section} settings "
                                   f"({old.get(section)} vs {new.get(section)}); use a new run folder or the same config")
         if old and old.get("eval", {}).get("languages") != new["eval"]["languages"]:  # questions.jsonl holds them
@@ -414,6 +414,36 @@ class Run:
         return self.evaluate()
 
 
+def as_current(section: Any, name: str) -> Any:
+    """A manifest config section written by an older calm-rag, read as today's: options removed since are
+    dropped, options added since take their defaults (what the older run did)."""
+    from calm_rag.config import SECTIONS
+
+    if not isinstance(section, dict) or name not in SECTIONS:
+        return section
+    out = {}
+    for f in dataclasses.fields(SECTIONS[name]):
+        if f.name in section:
+            out[f.name] = section[f.name]
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default_factory()))
+    return out
+
+
+def _comparable(section: Any, name: str) -> Any:
+    """A config section as two starts of one run folder must agree on it: read as today's, data paths
+    normalised (a/b/../c is a/c), minus what may change between stages."""
+    import os
+
+    section = as_current(section, name)
+    if name == "data" and isinstance(section, dict):
+        section = {**section, "files": {k: os.path.normpath(v) for k, v in (section.get("files") or {}).items()},
+                   "split": os.path.normpath(section["split"]) if section.get("split") else section.get("split")}
+    return _without(section, name)
+
+
 def _without(section: Any, name: str) -> Any:
     """A manifest config section minus the settings a run folder may change between stages: calm.vote, and the
     index of a zero-shot run (its samples read none; an evaluation with retrieval may name one)."""
@@ -427,7 +457,7 @@ def _without(section: Any, name: str) -> Any:
 def _shared_settings(config: dict[str, Any], section: str) -> Any:
     """A manifest config section as two runs sharing samples must agree on it (the eval languages as
     evaluated)."""
-    value = config.get(section)
+    value = _comparable(config.get(section), section)
     if section == "eval" and isinstance(value, dict):
         return {**value, "languages": value.get("languages") or config.get("calm", {}).get("languages")}
     return value

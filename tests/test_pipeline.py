@@ -490,3 +490,25 @@ def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_d
         parse_arm("beta")
     with pytest.raises(ConfigError, match=r"betta"):
         parse_arm("betta=0.1")
+
+
+def test_a_run_folder_started_by_an_older_calm_rag_resumes(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+    """A manifest with options removed since (calm.max_questions, eval.before_after), without options added since
+    (calm.reuse) and with unnormalised data paths is the same run: it resumes, from its YAML or its manifest."""
+    from calm_rag.config_files import saved_run_config
+
+    cfg = _cfg(tiny_lm_dir, tiny_embedder_path, index_dir)
+    run = Run(tmp_path / "run", cfg)
+    manifest = json.loads(run.manifest_path.read_text())
+    old = manifest["config"]
+    old["calm"].pop("reuse")
+    old["calm"]["max_questions"] = None
+    old["eval"]["before_after"] = True
+    old["data"]["files"] = {k: v.replace("/calm_rag/", "/calm_rag/./") for k, v in old["data"]["files"].items()}
+    run.manifest_path.write_text(json.dumps(manifest))
+    Run(run.dir, cfg)  # no "started with other settings"
+    run.manifest_path.write_text(json.dumps(manifest))
+    again = saved_run_config(run.dir)
+    assert again.calm == cfg.calm and again.eval == cfg.eval
+    with pytest.raises(ValueError, match="other calm settings"):  # a real change is still refused
+        Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")}))
