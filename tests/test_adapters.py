@@ -93,3 +93,31 @@ def test_exported_adapter_is_fp16_small_names_its_base_and_gives_the_same_answer
     export_adapter(run_adapter, out, str(tiny_lm_dir))
     assert json.loads((out / "calm_rag_adapter.json").read_text()) == {"generator": str(tiny_lm_dir.resolve())}
     assert [p.name for p in shipped.iterdir()] == ["calm-tiny"]
+
+
+def test_ship_adapter_writes_the_run_into_the_package_and_refuses_oversize(shipped, tmp_path, tiny_lm_dir):
+    """scripts/ship_adapter.py: a run's adapter with its config and evaluation; over the size limit, nothing stays."""
+    from tests.fixtures.scripts import load_script
+
+    run = tmp_path / "runs" / "calm-tiny"
+    random_lora(tiny_lm_dir, run / "train" / "adapter", targets=("q_proj", "v_proj"), r=2)
+    config = {"model": {"generator": str(tiny_lm_dir)}, "calm": {"languages": ["en", "zh"]}}
+    (run / "manifest.json").write_text(json.dumps({"config": config, "versions": {"peft": "x"}}))
+    report = {"langs": ["en", "zh"], "accuracy": {"en": 0.5, "zh": 0.25}, "majority_accuracy": {"en": 0.5, "zh": 0.25},
+              "vote_accuracy": 0.5, "consistency": 0.75, "parse_rate": {"en": 1.0, "zh": 1.0}, "n_questions": 4,
+              "n_samples": 8, "n_languages": 2, "samples_per_lang": {"en": 4, "zh": 4}}
+    metrics = tmp_path / "calm-tiny.json"
+    metrics.write_text(json.dumps({"reports": {"calm-never": report}, "deltas": {
+        "calm-never vs base-never": {"label": "CALM - base", "metrics": {"consistency": [0.25, 0.0, 0.5]}},
+        "base-always vs base-never": {"label": "retrieval", "metrics": {}}}}))
+    ship = load_script("ship_adapter")
+    assert ship.main([str(run), "--name", "calm-tiny", "--metrics", str(metrics), "--into", str(shipped)]) == 0
+    sidecar = json.loads((shipped / "calm-tiny" / "calm_rag_adapter.json").read_text())
+    assert sidecar["config"] == config and sidecar["run"] == "calm-tiny"
+    assert sidecar["evaluation"]["calm-never"]["mean_accuracy"] == pytest.approx(0.375)  # (0.5 + 0.25) / 2
+    assert sidecar["evaluation"]["calm-never"]["consistency"] == 0.75
+    assert list(sidecar["deltas"]) == ["calm-never vs base-never"]  # CALM - base only
+    assert generator_for(None, "calm-tiny", "x") == str(tiny_lm_dir.resolve())
+    ship.LIMIT = 1024  # a folder over the limit is refused and removed
+    assert ship.main([str(run), "--name", "calm-big", "--metrics", str(metrics), "--into", str(shipped)]) == 2
+    assert not (shipped / "calm-big").exists()
