@@ -1,4 +1,4 @@
-"""DPO with trl and peft on the generator itself (distillation's SFT, in distill.py, is trl's other use).
+"""DPO with trl and peft on the generator itself, and the SFT that distillation trains its student with.
 
 A LoRA adapter is trained with trl's `DPOTrainer`; the reference model is the same base with
 the adapter disabled (`ref_model=None` with a peft config, trl's own way), so only one copy of
@@ -16,16 +16,19 @@ instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from . import selfrag
+from .config import ConfigError, DistillConfig, TrainConfig
 from .records import RecordError, atomic_write_text, file_sha256, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -395,3 +398,202 @@ def _check_tokenized(dataset, tokenizer) -> None:
             if eos is not None and (not ids or ids[-1] != eos or ids[-2:] == [eos, eos]):
                 raise TrainError(f"pair {i}: {col[:-4]} does not end in exactly one EOS "
                                  f"({tokenizer.decode(ids[-3:])!r}); check the tokenizer's EOS settings")
+
+
+# ---------------------------------------------------------------- SFT (the distilled Self-RAG student)
+
+
+def add_reflection_tokens(model, tokenizer) -> list[int]:
+    """Make the reflection tokens and paragraph tags special single tokens; returns their ids.
+
+    New rows start as the mean of the rows of the pieces the string used to split into (input
+    and, when untied, output embeddings), so `[Relevant]` starts near "[", "Relevant", "]". A
+    tokenizer that already has them is left alone. Spare embedding rows (the hub's Qwen2.5 has
+    some) are used before the matrix is resized.
+    """
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    new = [t for t in selfrag.SPECIAL_TOKENS if t not in vocab]
+    if new:
+        pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in new}
+        tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        emb = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        untied = head is not None and head.weight is not emb
+        with torch.no_grad():
+            for t in new:
+                idx, src = tokenizer.convert_tokens_to_ids(t), pieces[t]
+                emb[idx] = emb[src].mean(0)
+                if untied:
+                    head.weight[idx] = head.weight[src].mean(0)
+        logger.info("added %d Self-RAG tokens to the tokenizer (%d now)", len(new), len(tokenizer))
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in selfrag.SPECIAL_TOKENS]
+    for t, i in zip(selfrag.SPECIAL_TOKENS, ids):
+        if tokenizer(t, add_special_tokens=False)["input_ids"] != [i]:
+            raise ValueError(f"{t!r} does not encode as its own single token; the tokenizer cannot hold it")
+    return ids
+
+
+def encode_example(prompt: str, output: str, tokenizer, max_length: int) -> dict[str, list[int]] | None:
+    """Token ids and labels of prompt + output + EOS; labels are -100 on the prompt and on the
+    passage text strictly inside <paragraph>..</paragraph> (Self-RAG's mask: the tags are learned).
+
+    An example over `max_length` loses passage tokens from the passage's end (they carry no loss);
+    None when it still does not fit.
+    """
+    text = prompt + output
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    masked = [(0, len(prompt))]
+    open_at = output.find(selfrag.PARAGRAPH_OPEN)
+    if open_at >= 0:
+        start = len(prompt) + open_at + len(selfrag.PARAGRAPH_OPEN)
+        close = text.find(selfrag.PARAGRAPH_CLOSE, start)
+        masked.append((start, close if close >= 0 else len(text)))
+    labels, inside = [], []
+    for k, (tid, (a, b)) in enumerate(zip(ids, offsets)):
+        hit = [(lo, hi) for lo, hi in masked if a < hi and b > lo]
+        if hit and not all(lo <= a and b <= hi for lo, hi in hit):
+            raise ValueError(f"token {k} ({text[a:b]!r}) straddles a loss-mask boundary; the prompt must end "
+                             f"where a reflection token starts")
+        labels.append(-100 if hit else tid)
+        if len(masked) > 1 and hit and hit[0] == masked[1]:
+            inside.append(k)
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before training")
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    excess = len(ids) - max_length
+    if excess > 0:
+        if excess > len(inside):
+            return None
+        drop = set(inside[len(inside) - excess:])
+        ids = [t for k, t in enumerate(ids) if k not in drop]
+        labels = [t for k, t in enumerate(labels) if k not in drop]
+    return {"input_ids": ids, "labels": labels}
+
+
+@dataclass(frozen=True)
+class SftResult:
+    model_dir: Path  # merged model + tokenizer
+    steps: int
+    final_loss: float | None
+    examples: int
+    dropped: int  # examples not used: empty answer, wrong letter (only_correct) or too long
+    seconds: float
+    resumed_from: str | None = None
+
+
+def _sft_args(cfg: DistillConfig, checkpoints: Path):
+    import torch
+    from trl import SFTConfig
+
+    if cfg.device is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"distill.device={cfg.device!r} but no CUDA GPU is visible; use device: cpu")
+    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(checkpoints), learning_rate=cfg.learning_rate, max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, report_to="none", push_to_hub=False,
+        disable_tqdm=True, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        activation_checkpointing=cuda,  # saves GPU memory; on a CPU it only costs time
+        lr_scheduler_type="cosine", warmup_steps=min(10, cfg.steps // 10),
+    )
+
+
+def _train_config(cfg: DistillConfig) -> TrainConfig:
+    """The LoRA part of a TrainConfig, so lora_config builds the adapter the same way as for DPO."""
+    return TrainConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                       lora_targets=cfg.lora_targets, train_tokens="reflection", max_length=cfg.max_length,
+                       learning_rate=cfg.learning_rate, seed=cfg.seed)
+
+
+def train_sft(examples: Sequence[tuple[str, str]], cfg: DistillConfig, out_dir: str | Path, *, resume: bool = True,
+              unusable: int = 0, source: str = "the examples") -> SftResult:
+    """LoRA SFT of cfg.model on (prompt, output) examples, reflection tokens added and trainable; the merged
+    model lands in `out_dir/model`. `unusable`: examples the caller left out (counted as dropped)."""
+    from datasets import load_dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from .models import load_causal_lm
+
+    start = time.time()
+    out_dir = Path(out_dir)
+    sft = out_dir / "sft"
+    model, tokenizer = load_causal_lm(cfg.model, device="cpu", dtype=load_dtype(cfg.device))
+    token_ids = add_reflection_tokens(model, tokenizer)
+    rows, dropped = [], unusable
+    for prompt, output in examples:
+        row = encode_example(prompt, output, tokenizer, cfg.max_length)
+        if row is None:
+            dropped += 1
+        else:
+            rows.append(row)
+    if not rows:
+        raise RecordError(f"{source}: none of {len(examples) + unusable} examples is usable (empty answers"
+                          f"{', wrong letters' if cfg.only_correct else ''} or over max_length); label more questions")
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    run = {"examples_sha256": hashlib.sha256(text.encode()).hexdigest(), "model": cfg.model, "lora_r": cfg.lora_r,
+           "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets, "max_length": cfg.max_length}
+    target = out_dir / "model"
+    done = json.loads((target / "distill.json").read_text()) if (target / "distill.json").is_file() else {}
+    if resume and done.get("steps") == cfg.steps and all(done.get(k) == v for k, v in run.items()):
+        logger.info("%s is already trained on these examples for %d steps; nothing to do", target, cfg.steps)
+        return SftResult(model_dir=target, steps=cfg.steps, final_loss=done.get("final_loss"), examples=len(rows),
+                         dropped=dropped, seconds=time.time() - start, resumed_from=None)
+    checkpoints = sft / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    check_run(sft, run, resuming=last is not None)
+    if not resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    data_path = sft / "examples.jsonl"
+    if not data_path.is_file() or data_path.read_text(encoding="utf-8") != text:
+        atomic_write_text(data_path, text)  # unchanged file: datasets' cache is reused on resume
+    atomic_write_text(sft / "run.json", json.dumps(run, indent=2) + "\n")
+    dataset = load_dataset("json", data_files=str(data_path), split="train", cache_dir=str(sft / "cache"))
+    logger.info("SFT on %d examples (%d dropped), %d reflection tokens trainable", len(rows), dropped, len(token_ids))
+
+    # with no base path to compare vocab sizes with, peft saves LoRA + the new rows only, not both
+    # resized embedding matrices (1.1 GB for Qwen) in every checkpoint; a resumed run rebuilds the
+    # same rows, since add_reflection_tokens is deterministic
+    model.name_or_path = ""
+    trainer = SFTTrainer(model=model, args=_sft_args(cfg, checkpoints), train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(_train_config(cfg), model, tokenizer))
+    use_logging(trainer)
+    expose_head_bias(trainer.model)  # trl's fused LM-head loss reads lm_head.bias through peft's wrapper
+    if last:
+        logger.info("resuming SFT from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    final_loss = losses[-1] if losses else None
+    if trainer.is_world_process_zero():
+        merged = trainer.model.merge_and_unload()
+        merged.config.use_cache = True
+        info = {**run, "steps": trainer.state.global_step, "final_loss": final_loss, "examples": len(rows),
+                "dropped": dropped, "reflection_token_ids": dict(zip(selfrag.SPECIAL_TOKENS, token_ids))}
+        save_model_folder(target, merged, tokenizer, info)
+    trainer.accelerator.wait_for_everyone()
+    result = SftResult(model_dir=target, steps=trainer.state.global_step, final_loss=final_loss,
+                       examples=len(rows), dropped=dropped, seconds=time.time() - start, resumed_from=last)
+    logger.info("SFT done: %d steps, final loss %s, model %s", result.steps, result.final_loss, target)
+    return result
+
+
+def save_model_folder(target: Path, model, tokenizer, info: dict[str, Any]) -> None:
+    """Save model + tokenizer to a temp folder and rename it into place (readers never see half)."""
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    atomic_write_text(tmp / "distill.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -11,9 +11,9 @@ import pytest
 from calm_rag import selfrag
 from calm_rag.config import ConfigError, DistillConfig
 from calm_rag.config_files import load_distill_config
-from calm_rag.distill import (Distillation, Example, add_reflection_tokens, argmax_token, distill_units,
-                              encode_example, hard_labels, holdout_units, make_teacher, read_examples, render_example,
-                              train_sft)
+from calm_rag.distill import (Distillation, Example, argmax_token, distill_units, hard_labels, holdout_units,
+                              make_teacher, read_examples, render_example, train_sft)
+from calm_rag.train import add_reflection_tokens, encode_example
 from calm_rag.records import Document, Passage, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
