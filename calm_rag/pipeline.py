@@ -414,6 +414,31 @@ class Run:
         return self.evaluate()
 
 
+def signal_so_far(folder: str | Path) -> dict[str, Any]:
+    """The training signal (vote accuracy, sample accuracy, winner shares) over the training questions whose
+    units are all sampled, read from a run folder without writing to it, so it can watch a run that is
+    still sampling. Adds `complete` (questions counted) and `of` (training questions)."""
+    from calm_rag.vote import training_signal, vote_all
+
+    folder = Path(folder)
+    config = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["config"]
+    langs, n = config["calm"]["languages"], config["generate"]["n"]
+    train_ids = set(json.loads((folder / "split.json").read_text(encoding="utf-8"))["train"])
+    questions = {q.id: q for q in read_jsonl(folder / "questions.jsonl", Question) if q.id in train_ids}
+    path = folder / "generations.jsonl"
+    gens = list(read_jsonl(path, Generation)) if path.is_file() else []
+    per_question: dict[str, int] = {}
+    for g in gens:
+        per_question[g.question_id] = per_question.get(g.question_id, 0) + 1
+    complete = {qid for qid, count in per_question.items() if count == n * len(langs)}
+    gens = _canonical_order([g for g in gens if g.question_id in complete], langs)
+    weighting = "critique" if config["calm"].get("vote") == "weighted" else "count"
+    votes = vote_all(gens, langs=langs, weighting=weighting)
+    signal = training_signal(gens, votes, {q: questions[q].gold for q in complete},
+                             {q: len(questions[q].options) for q in complete if questions[q].options})
+    return {**signal, "complete": len(complete), "of": len(questions)}
+
+
 def as_current(section: Any, name: str) -> Any:
     """A manifest config section written by an older calm-rag, read as today's: options removed since are
     dropped, options added since take their defaults (what the older run did)."""

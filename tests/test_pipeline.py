@@ -62,6 +62,20 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     assert sum(b["questions"] for b in signal["winner_share"]["bins"].values()) == 3 - signal["no_winner"]
     assert record["min_agreement"] is None and record["questions_kept"] == 3 - signal["no_winner"]
     assert record["translated"] == sum(p["chosen_source"] == "translation" for p in pairs)
+    # the same signal read while sampling runs: only questions sampled in every language, nothing written
+    from calm_rag.pipeline import signal_so_far
+
+    so_far = signal_so_far(run.dir)
+    assert (so_far["complete"], so_far["of"]) == (3, 3)
+    assert {k: v for k, v in so_far.items() if k not in ("complete", "of")} == \
+        {k: v for k, v in signal.items() if k != "vote"}
+    lines = (run.dir / "generations.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    before = {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()}
+    (run.dir / "generations.jsonl").write_text("".join(lines[:-1]), encoding="utf-8")  # a unit still being sampled
+    partial = signal_so_far(run.dir)
+    assert (partial["complete"], partial["with_gold"]) == (2, 2)
+    assert {p.name for p in run.dir.iterdir() if p.is_file()} == set(before)
+    (run.dir / "generations.jsonl").write_text("".join(lines), encoding="utf-8")
     assert sum(record["per_lang"].values()) == record["pairs"] == len(pairs)
     # the weighted vote is selectable in the same folder; pairs refuse a vote made the other way
     weighted = Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"vote": "weighted"},
