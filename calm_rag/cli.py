@@ -24,6 +24,14 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+def _print_reports_json(reports: dict) -> None:
+    """Evaluation reports as JSON: the first row's set-level metrics on top, every row's report under "reports"."""
+    name, first = next(iter(reports.items()))
+    _print_json({"run": name, "consistency": first.consistency, "mean_accuracy": first.mean_accuracy,
+                 "vote_accuracy": first.vote_accuracy, "accuracy": first.accuracy,
+                 "reports": {n: r.to_dict() for n, r in reports.items()}})
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -292,11 +300,8 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     langs = [x for x in re.split(r"[,\s]+", args.langs or "") if x] or None
     reports = evaluate_files(args.data, cfg, langs=langs, adapter=adapter,
                              max_questions=args.max_questions, split=args.split, out=args.out)
-    if args.json:  # the first retrieval mode's set-level metrics on top, every mode's report under "reports"
-        name, first = next(iter(reports.items()))
-        _print_json({"consistency": first.consistency, "mean_accuracy": first.mean_accuracy,
-                     "vote_accuracy": first.vote_accuracy, "accuracy": first.accuracy, "run": name,
-                     "reports": {name: r.to_dict() for name, r in reports.items()}})
+    if args.json:
+        _print_reports_json(reports)
     else:
         print(markdown_table(reports))
         print(f"generations and reports: {next(iter(reports.values())).meta['out']}")
@@ -330,7 +335,7 @@ def cmd_calm(args: argparse.Namespace) -> int:
     elif stage == "eval":
         reports = run.evaluate()
         if args.json:
-            _print_json({name: r.to_dict() for name, r in reports.items()})
+            _print_reports_json(reports)
         else:
             print((run.dir / "eval" / "report.md").read_text())
     elif stage == "run":

@@ -180,6 +180,11 @@ def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_p
     code, more, err = _run(capsys, "calm", "eval", "--run", str(run), "--index", str(cli_index), "--retrieval", "always")
     assert code == 0, err
     assert all(f"| {row} |" in more for row in ("base-never", "calm-never", "base-always", "calm-always"))
+    code, js, err = _run(capsys, "calm", "eval", "--run", str(run), "--json")  # done: read back, same JSON shape
+    assert code == 0, err
+    data = json.loads(js)
+    assert set(data["reports"]) == {"base-never", "calm-never", "base-always", "calm-always"}
+    assert data["consistency"] == data["reports"][data["run"]]["consistency"] and "mean_accuracy" in data
     code, _, err = _run(capsys, "calm", "sample", "--run", str(run), "-n", "2")  # sampling settings stay fixed
     assert code == 2 and "other generate settings" in err
 
