@@ -140,12 +140,12 @@ def load_run_generator(cfg: RunConfig, adapter: str | None = None):
 
 
 def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieval: str | None = None,
-                 gen_cfg: GenerateConfig | None = None, generator=None):
+                 gen_cfg: GenerateConfig | None = None, generator=None, critique_without_passage: bool = True):
     from calm_rag.rag import SelfRag
 
     gen = generator or load_run_generator(cfg, adapter or cfg.model.adapter)
     scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
-    return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate)
+    return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate, critique_without_passage=critique_without_passage)
 
 
 def eval_generate_config(cfg: RunConfig) -> GenerateConfig:
@@ -171,8 +171,9 @@ def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | 
         path = out_dir / f"{name}.generations.jsonl"
         if before is not None:
             before(name, path)
+        # one greedy answer per unit: a score can only choose among passages, so unretrieved answers get none
         rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
-                           retrieval=mode, gen_cfg=gen_cfg, generator=generator)
+                           retrieval=mode, gen_cfg=gen_cfg, generator=generator, critique_without_passage=gen_cfg.n > 1)
         generator = rag.gen  # one load per model, every mode
         gens = sample_units(rag, units, path, gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=list(langs), meta={

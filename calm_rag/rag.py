@@ -104,7 +104,10 @@ class SelfRag:
     """Retriever + generator + critic; `answer()` does the whole Self-RAG pass for one question."""
 
     def __init__(self, generator: Generator, retriever=None, cfg: SelfRagConfig | None = None,
-                 gen_cfg: GenerateConfig | None = None):
+                 gen_cfg: GenerateConfig | None = None, critique_without_passage: bool = True):
+        """`critique_without_passage=False` skips the verbalised utility question for answers given without a
+        passage: a greedy zero-shot evaluation has one answer per sample, so no score can change its letter."""
+        self.critique_without_passage = critique_without_passage
         self.gen = generator
         self.retriever = retriever
         self.cfg = cfg or SelfRagConfig()
@@ -261,14 +264,16 @@ class SelfRag:
         sup_idx = [k for k, (i, _, _) in enumerate(flat) if slots[i] is not None]
         sup_prompts = [self._follow_up(question, slots[flat[k][0]], flat[k][2], CRITIC_SUPPORT) for k in sup_idx]
         sup = dict(zip(sup_idx, self.gen.next_token_probs(sup_prompts, DIGITS[:3]))) if sup_idx else {}
-        use_prompts = [self._follow_up(question, slots[i], a, CRITIC_UTILITY) for i, _, a in flat]
-        use = self.gen.next_token_probs(use_prompts, DIGITS)
+        use_idx = [k for k, (i, _, _) in enumerate(flat) if self.critique_without_passage or slots[i] is not None]
+        use_prompts = [self._follow_up(question, slots[flat[k][0]], flat[k][2], CRITIC_UTILITY) for k in use_idx]
+        use = dict(zip(use_idx, self.gen.next_token_probs(use_prompts, DIGITS))) if use_idx else {}
         tables: list[list[dict[str, float]]] = [[{} for _ in texts[i]] for i in range(len(slots))]
         for k, (i, s, _) in enumerate(flat):
             table = dict(rel_tables[i])
             if k in sup:
                 table.update(zip(selfrag.SUPPORT_TOKENS, (sup[k][d] for d in DIGITS[:3])))
-            table.update(zip(selfrag.UTILITY_TOKENS, (use[k][d] for d in DIGITS)))
+            if k in use:
+                table.update(zip(selfrag.UTILITY_TOKENS, (use[k][d] for d in DIGITS)))
             tables[i][s] = table
         return tables
 

@@ -182,3 +182,29 @@ def test_outputs_without_a_letter_are_completed_after_the_answer_cue(tiny_lm_dir
     completed = [g for g in on.generations() if g.completed]
     assert completed and all(g.completion == "\nAnswer: " + g.letter and g.text in
                              [c.text for cands in off.samples for c in cands] for g in completed)
+
+
+def test_greedy_answers_without_a_passage_skip_the_utility_question(tiny_lm_dir, retriever):
+    """Evaluation's zero-shot rows: one answer per sample, so the verbalised utility score could not change a
+    letter; it is skipped there (fewer prompts), and kept where passages compete."""
+    gen = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
+    asked = []
+    probs = gen.next_token_probs
+    gen.next_token_probs = lambda prompts, cands, **kw: asked.append(len(prompts)) or probs(prompts, cands, **kw)
+    greedy = GenerateConfig(n=1, temperature=0.0, max_new_tokens=8)
+    questions = [Q, Question("q2", "en", "What pumps blood?", {"A": "heart", "B": "liver"}, "A")]
+
+    def run(flag, retrieval):
+        asked.clear()
+        rag = SelfRag(gen, retriever, SelfRagConfig(retrieval=retrieval, top_k=2, complete_answer=False), greedy,
+                      critique_without_passage=flag)
+        return rag.answer_many(questions), list(asked)
+
+    (full, full_asked), (lean, lean_asked) = run(True, "never"), run(False, "never")
+    assert [a.letters for a in lean] == [a.letters for a in full]
+    assert [c.text for a in lean for c in a.samples[0]] == [c.text for a in full for c in a.samples[0]]
+    assert all(c.critique.use is None for a in lean for c in a.samples[0])
+    assert all(c.critique.use is not None for a in full for c in a.samples[0])
+    assert sum(full_asked) == 2 and sum(lean_asked) == 0  # one utility prompt per answer, or none
+    (kept, _), = [run(False, "always")]
+    assert all(c.critique.use is not None for a in kept for c in a.samples[0])  # passages: scored as before
