@@ -119,3 +119,16 @@ def export_adapter(src: str | Path, out: str | Path, generator: str, **extra: An
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def trained_with(folder: str | Path, train: dict[str, Any], train_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The sidecar of an adapter `calm train` finished on these pairs (`train`: pairs hash, model, LoRA shape)
+    with these settings, else None: a rerun then trains nothing (resuming at the last checkpoint would train
+    one step more than asked)."""
+    try:
+        done = json.loads((Path(folder) / SIDECAR).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = isinstance(done, dict) and done.get("train") == train and done.get("train_config") == train_config
+    return done if same and isinstance(done.get("steps"), int) else None
+

@@ -352,3 +352,21 @@ def load_causal_lm(spec: str, adapter: str | None = None, device: str | None = N
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def save_model_folder(target: Path, model, tokenizer, info: dict, info_name: str) -> None:
+    """Save model + tokenizer (+ `info` as JSON) to a temp folder and rename it into place (readers never see
+    half a folder)."""
+    from calm_rag.records import atomic_write_text
+
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    atomic_write_text(tmp / info_name, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+

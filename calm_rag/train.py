@@ -16,6 +16,7 @@ instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -292,17 +293,24 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
-    from .adapters import write_sidecar
+    from .adapters import trained_with, write_sidecar
     from .models import load_causal_lm
 
     start = time.time()
     pairs_path, out_dir = Path(pairs_path), Path(out_dir)
     state = PartialState()
     rows = load_pairs(pairs_path)  # every process validates, so a bad file fails everywhere
-    model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=load_dtype(device))
-    checkpoints = out_dir / "checkpoints"
     run = {"pairs_sha256": file_sha256(pairs_path), "model": model_spec, "lora_r": cfg.lora_r,
            "lora_targets": cfg.lora_targets, "train_tokens": cfg.train_tokens, "max_length": cfg.max_length}
+    adapter = out_dir / "adapter"
+    done = trained_with(adapter, run, json.loads(json.dumps(dataclasses.asdict(cfg)))) if resume else None
+    if done is not None:  # resuming at the last checkpoint would train one step more than asked
+        logger.info("%s is already trained on these pairs with these settings (%d steps); nothing to do",
+                    adapter, done["steps"])
+        return TrainResult(adapter=adapter, steps=done["steps"], final_loss=done.get("final_loss"),
+                           mean_loss=done.get("mean_loss"), seconds=time.time() - start, pairs=len(rows))
+    model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=load_dtype(device))
+    checkpoints = out_dir / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
     check_run(out_dir, run, resuming=last is not None)
 
@@ -332,7 +340,9 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
         logger.info("resuming DPO from %s", last)
     output = trainer.train(resume_from_checkpoint=last)
 
-    adapter, tmp, old = out_dir / "adapter", out_dir / ".adapter.tmp", out_dir / ".adapter.old"
+    tmp, old = out_dir / ".adapter.tmp", out_dir / ".adapter.old"
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # a NaN stays visible
+    final_loss, mean_loss = (losses[-1], sum(losses) / len(losses)) if losses else (None, None)
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -340,7 +350,9 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(tmp))
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder holds none
-        write_sidecar(tmp, model_spec, train=run)  # the adapter names its base wherever it is moved
+        # the adapter names its base wherever it is moved, and what made it (a rerun then trains nothing)
+        write_sidecar(tmp, model_spec, train=run, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+                      steps=trainer.state.global_step, final_loss=final_loss, mean_loss=mean_loss)
         shutil.rmtree(old, ignore_errors=True)
         if adapter.exists():
             os.rename(adapter, old)
@@ -348,13 +360,10 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
         shutil.rmtree(old, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # a NaN stays visible
     last_log = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     metrics = {k: float(v) for k, v in last_log.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
     metrics.update({k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))})
-    result = TrainResult(adapter=adapter, steps=trainer.state.global_step,
-                         final_loss=losses[-1] if losses else None,
-                         mean_loss=sum(losses) / len(losses) if losses else None,
+    result = TrainResult(adapter=adapter, steps=trainer.state.global_step, final_loss=final_loss, mean_loss=mean_loss,
                          seconds=time.time() - start, metrics=metrics, resumed_from=last,
                          pairs=len(rows), truncated_prompts=n_cut)
     logger.info("DPO done: %d steps, final loss %s, adapter %s", result.steps, result.final_loss, adapter)
@@ -520,7 +529,7 @@ def train_sft(examples: Sequence[tuple[str, str]], cfg: DistillConfig, out_dir: 
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from .models import load_causal_lm
+    from .models import load_causal_lm, save_model_folder
 
     start = time.time()
     out_dir = Path(out_dir)
@@ -577,23 +586,9 @@ def train_sft(examples: Sequence[tuple[str, str]], cfg: DistillConfig, out_dir: 
         merged.config.use_cache = True
         info = {**run, "steps": trainer.state.global_step, "final_loss": final_loss, "examples": len(rows),
                 "dropped": dropped, "reflection_token_ids": dict(zip(selfrag.SPECIAL_TOKENS, token_ids))}
-        save_model_folder(target, merged, tokenizer, info)
+        save_model_folder(target, merged, tokenizer, info, info_name="distill.json")
     trainer.accelerator.wait_for_everyone()
     result = SftResult(model_dir=target, steps=trainer.state.global_step, final_loss=final_loss,
                        examples=len(rows), dropped=dropped, seconds=time.time() - start, resumed_from=last)
     logger.info("SFT done: %d steps, final loss %s, model %s", result.steps, result.final_loss, target)
     return result
-
-
-def save_model_folder(target: Path, model, tokenizer, info: dict[str, Any]) -> None:
-    """Save model + tokenizer to a temp folder and rename it into place (readers never see half)."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    atomic_write_text(tmp / "distill.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)

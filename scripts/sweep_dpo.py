@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         v = arm["val"]
         print(f"| {name} | {100 * v['mean_accuracy']:.1f} | {100 * v['consistency']:.1f} | "
               f"{100 * v['vote_accuracy']:.1f} | {score(v):.3f} |")
-    print(f"chosen: {result.get('chosen')}  (written to {args.out})")
+    chosen = result.get("chosen")
+    print(f"chosen: {chosen}  (written to {args.out})")
+    if chosen:  # the winner is already trained on the run's pairs: it can be the run's adapter as it is
+        changes = ", ".join(f"{k}: {v}" for k, v in result["arms"][chosen]["changes"].items())
+        print(f"to train the run with it: set train: {{{changes}}} in the run's YAML; to skip training it again: "
+              f"cp -r {Path(args.run) / 'sweep' / chosen} {Path(args.run) / 'train'} (calm train then finds its "
+              f"last checkpoint done)")
     return 0
 
 

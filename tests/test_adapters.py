@@ -86,8 +86,9 @@ def test_exported_adapter_is_fp16_small_names_its_base_and_gives_the_same_answer
     base = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
     prompts = [by_name.chat_prompt("Where do you keep milk? A. fridge B. oven")]
     probs = [g.next_token_probs(prompts, ["A", "B"])[0] for g in (by_name, by_folder, base)]
-    assert abs(probs[0]["A"] - probs[1]["A"]) < 1e-3  # fp16 rounding only
-    assert abs(probs[0]["A"] - probs[2]["A"]) > 1e-4  # and the adapter does something
+    ratio = [p["A"] / p["B"] for p in probs]  # the letters' odds, whatever their absolute size
+    assert abs(ratio[0] / ratio[1] - 1) < 1e-2  # fp16 rounding only
+    assert abs(ratio[0] / ratio[2] - 1) > 5e-2  # and the adapter does something
     assert by_name.generate(prompts, cfg) == by_folder.generate(prompts, cfg)
     # a second export over the first replaces it whole, through a temp folder
     export_adapter(run_adapter, out, str(tiny_lm_dir))

@@ -498,6 +498,17 @@ def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_d
     assert graded == set(ids[8:12]) and result["base"]["n_questions"] == 4  # the slice, not the dev questions
     scores = {n: a["val"]["mean_accuracy"] + a["val"]["consistency"] for n, a in result["arms"].items()}
     assert result["chosen"] == max(scores, key=scores.get)
+    # the chosen arm becomes the run's adapter without training it again (what scripts/sweep_dpo.py suggests)
+    import dataclasses
+    import shutil
+
+    chosen = result["arms"][result["chosen"]]
+    shutil.copytree(run.dir / "sweep" / result["chosen"], run.dir / "train")
+    weights = (run.dir / "train" / "adapter" / "adapter_model.safetensors").read_bytes()
+    again = Run(run.dir, dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, **chosen["changes"])))
+    trained = again.train()
+    assert trained.steps == chosen["steps"] and trained.resumed_from is None  # nothing trained again
+    assert (run.dir / "train" / "adapter" / "adapter_model.safetensors").read_bytes() == weights
     with pytest.raises(ConfigError, match=r"overlap .*run's training questions"):
         run_sweep(run.dir, arms[:1], bad, tmp_path / "bad-sweep.json")
     with pytest.raises(ConfigError, match=r"'beta' is not KEY=VALUE"):

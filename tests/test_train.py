@@ -57,6 +57,21 @@ def test_dpo_smoke_loss_finite_and_lora_weights_move(trained):
     assert not (result.adapter / "training_args.bin").exists()  # no pickle in the adapter folder
 
 
+def test_a_rerun_of_a_finished_training_trains_nothing(trained, tiny_lm_dir, pairs_file, tmp_path):
+    """Resuming at the last checkpoint would add a step: a finished adapter with the same pairs and settings is
+    returned as it is; other settings (more steps) train on from the checkpoint."""
+    _, out = trained
+    copy = tmp_path / "dpo"
+    shutil.copytree(out, copy)
+    weights = (copy / "adapter" / "adapter_model.safetensors").read_bytes()
+    cfg = TrainConfig(max_steps=2, save_steps=1, **FAST)
+    again = train_dpo(pairs_file, str(tiny_lm_dir), copy, cfg, device="cpu")
+    assert (again.steps, again.resumed_from) == (2, None)
+    assert (copy / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    more = train_dpo(pairs_file, str(tiny_lm_dir), copy, TrainConfig(max_steps=3, save_steps=1, **FAST), device="cpu")
+    assert more.steps == 3 and more.resumed_from is not None and more.resumed_from.endswith("checkpoint-2")
+
+
 def test_the_adapter_names_its_base(trained, tiny_lm_dir, tmp_path):
     from calm_rag.adapters import adapter_base
 
