@@ -1,7 +1,5 @@
 """`calm-rag` subcommands: parse arguments into configs, call the library, print (`ask` wires its one-question
-Self-RAG pass itself: retriever, generator, `SelfRag`).
-
-Heavy libraries are imported inside the command functions so `calm-rag --help` stays instant.
+Self-RAG pass itself). Heavy libraries are imported inside the command functions so `--help` stays instant.
 """
 
 from __future__ import annotations
