@@ -339,7 +339,7 @@ class Run:
         if translate is None:
             from calm_rag.translate import Translator
 
-            translate = Translator(lambda: load_run_generator(self.cfg))
+            translate = Translator(lambda: load_run_generator(self.cfg), cache=self.dir / "translations.jsonl")
         min_agreement = self.cfg.pairs.min_agreement
         pairs, report = build_pairs(gens, votes, langs=self.cfg.calm.languages, translate=translate,
                                     min_agreement=min_agreement)

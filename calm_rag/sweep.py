@@ -5,7 +5,8 @@ trains an adapter on a run folder's pairs with its own changes to the run's Trai
 answers the validation questions (`splits/<set>-val.json`: the last questions of the train list,
 which runs never train on) greedily, as the run's evaluation does; the base model answers them
 once. The winner is the arm with the highest mean accuracy + consistency on that slice (CALM
-promises both). Every arm, its numbers and the winner go to one JSON file. Arms resume like the
+promises both). Every arm, its numbers and the winner go to one JSON file, rewritten after each graded arm
+(`complete` is false until the last one). Arms resume like the
 stages they are made of (DPO checkpoints, evaluation folders).
 """
 
@@ -88,7 +89,13 @@ def run_sweep(run_dir: str | Path, arms: list[dict[str, Any]], val_split: str | 
     work = run_dir / "sweep"
     result: dict[str, Any] = {"run": str(run_dir), "val_split": str(val_split), "retrieval": mode[0],
                               "selection": "highest mean_accuracy + consistency on the validation slice",
-                              "base": grade(None, work / "base"), "arms": {}}
+                              "base": grade(None, work / "base"), "arms": {}, "complete": False}
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every graded arm, so a sweep cut short still leaves its numbers
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+
+    write()
     for changes in arms:
         name = arm_name(changes)
         train_cfg = dataclasses.replace(cfg.train, **changes)
@@ -97,8 +104,9 @@ def run_sweep(run_dir: str | Path, arms: list[dict[str, Any]], val_split: str | 
         result["arms"][name] = {"changes": changes, "train": dataclasses.asdict(train_cfg), "steps": trained.steps,
                                 "train_seconds": round(trained.seconds, 1), "final_loss": trained.final_loss,
                                 "val": grade(str(trained.adapter_dir), work / name / "val")}
+        write()
     if result["arms"]:
         result["chosen"] = max(result["arms"], key=lambda n: score(result["arms"][n]["val"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    result["complete"] = True
+    write()
     return result

@@ -472,7 +472,8 @@ def test_stage_inputs_and_settings_fail_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "two").exists()  # refused before the run folder is made
 
 
-def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir,
+                                                             monkeypatch):
     """DPO arms trained on a run's pairs and graded on the train split's validation slice, never the dev split."""
     from calm_rag.config import ConfigError
     from calm_rag.sweep import parse_arm, run_sweep
@@ -488,8 +489,26 @@ def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_d
     run.vote()
     run.pairs()
     arms = [parse_arm("learning_rate=1e-2,max_steps=1"), parse_arm("beta=0.5, learning_rate=1e-2, max_steps=2")]
+    import calm_rag.train
+
+    real_train, calls = calm_rag.train.train_dpo, []
+
+    def cut_at_second_arm(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends while the second arm trains
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(calm_rag.train, "train_dpo", cut_at_second_arm)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(run.dir, arms, val, tmp_path / "sweep.json")
+    partial = json.loads((tmp_path / "sweep.json").read_text())  # the graded arm is on disk already
+    assert partial["complete"] is False and list(partial["arms"]) == ["learning_rate0.01-max_steps1"]
+    assert "chosen" not in partial and partial["base"]["n_questions"] == 4
+    monkeypatch.setattr(calm_rag.train, "train_dpo", real_train)
     run_sweep(run.dir, arms, val, tmp_path / "sweep.json")
     result = json.loads((tmp_path / "sweep.json").read_text())
+    assert result["complete"] is True
     assert list(result["arms"]) == ["learning_rate0.01-max_steps1", "beta0.5-learning_rate0.01-max_steps2"]
     assert [a["steps"] for a in result["arms"].values()] == [1, 2]
     assert result["arms"]["beta0.5-learning_rate0.01-max_steps2"]["train"]["beta"] == 0.5

@@ -162,6 +162,36 @@ def test_translator_batches_a_list_in_one_generate_call(tiny_lm_dir):
     assert out == [tr(*r) for r in requests]  # the same as one at a time (greedy)
 
 
+def test_an_interrupted_translation_resumes_from_its_cache(tiny_lm_dir, tmp_path):
+    """Finished chunks are kept in the cache file; a rerun translates only the rest, to the same texts."""
+    from calm_rag.translate import Translator
+
+    gen = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
+    requests = [("A. the fridge", "en", "zh"), ("B. le four", "fr", "de"), ("C. 学校", "zh", "it"),
+                ("D. the park", "en", "ja"), ("A. the fridge", "en", "zh")]
+    expected = Translator(lambda: gen, max_new_tokens=4).many(requests)
+    calls, generate = [], gen.generate
+
+    def cut_after_one_chunk(prompts, cfg, **kw):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(prompts, cfg, **kw)
+
+    gen.generate = cut_after_one_chunk
+    cache = tmp_path / "translations.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        Translator(lambda: gen, max_new_tokens=4, cache=cache, chunk=2).many(requests)
+    assert len(cache.read_text(encoding="utf-8").splitlines()) == 2  # the first chunk landed
+    with cache.open("a", encoding="utf-8") as f:
+        f.write('{"key": "cut off')  # a line torn by the interrupt
+    calls.clear()
+    gen.generate = lambda prompts, cfg, **kw: calls.append(len(prompts)) or generate(prompts, cfg, **kw)
+    again = Translator(lambda: gen, max_new_tokens=4, cache=cache, chunk=2).many(requests)
+    assert calls == [2]  # the two distinct answers left, not the four (the repeated fridge is one)
+    assert again == expected and again[4] == again[0]
+
+
 def test_outputs_without_a_letter_are_completed_after_the_answer_cue(tiny_lm_dir, retriever):
     """The tiny model writes no option letter; the answer-cue step gives every candidate one, marked."""
     off = _rag(tiny_lm_dir, retriever, retrieval="always", top_k=2, complete_answer=False).answer(Q)
