@@ -415,10 +415,11 @@ class Run:
         return self.evaluate()
 
 
-def signal_so_far(folder: str | Path) -> dict[str, Any]:
+def signal_so_far(folder: str | Path, vote: str | None = None, min_agreement: float | None = None) -> dict[str, Any]:
     """The training signal (vote accuracy, sample accuracy, winner shares) over the training questions whose
     units are all sampled, read from a run folder without writing to it, so it can watch a run that is
-    still sampling. Adds `complete` (questions counted) and `of` (training questions)."""
+    still sampling, or show what another `vote` (majority, weighted) or `pairs.min_agreement` would train
+    on before any pairs are made. Adds `complete` (questions counted) and `of` (training questions)."""
     from calm_rag.vote import training_signal, vote_all
 
     folder = Path(folder)
@@ -433,11 +434,13 @@ def signal_so_far(folder: str | Path) -> dict[str, Any]:
         per_question[g.question_id] = per_question.get(g.question_id, 0) + 1
     complete = {qid for qid, count in per_question.items() if count == n * len(langs)}
     gens = _canonical_order([g for g in gens if g.question_id in complete], langs)
-    weighting = "critique" if config["calm"].get("vote") == "weighted" else "count"
-    votes = vote_all(gens, langs=langs, weighting=weighting)
+    vote = vote or config["calm"].get("vote", "majority")
+    if vote not in ("majority", "weighted"):
+        raise ConfigError(f"signal: vote={vote!r}; use majority or weighted")
+    votes = vote_all(gens, langs=langs, weighting="critique" if vote == "weighted" else "count")
     signal = training_signal(gens, votes, {q: questions[q].gold for q in complete},
-                             {q: len(questions[q].options) for q in complete if questions[q].options})
-    return {**signal, "complete": len(complete), "of": len(questions)}
+                             {q: len(questions[q].options) for q in complete if questions[q].options}, min_agreement)
+    return {**signal, "vote": vote, "complete": len(complete), "of": len(questions)}
 
 
 def as_current(section: Any, name: str) -> Any:

@@ -67,8 +67,7 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
 
     so_far = signal_so_far(run.dir)
     assert (so_far["complete"], so_far["of"]) == (3, 3)
-    assert {k: v for k, v in so_far.items() if k not in ("complete", "of")} == \
-        {k: v for k, v in signal.items() if k != "vote"}
+    assert {k: v for k, v in so_far.items() if k not in ("complete", "of")} == signal
     lines = (run.dir / "generations.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     before = {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()}
     (run.dir / "generations.jsonl").write_text("".join(lines[:-1]), encoding="utf-8")  # a unit still being sampled
@@ -88,6 +87,11 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     record = weighted.manifest["stages"]["pairs"]
     assert record["signal"]["vote"] == "weighted" and record["min_agreement"] == 1.0
     assert record["questions_kept"] == record["signal"]["min_agreement"]["questions"]
+    # the read-only signal shows the same for another vote and threshold before any pairs are made
+    other = signal_so_far(run.dir, "weighted", 1.0)
+    assert {k: v for k, v in other.items() if k not in ("complete", "of")} == record["signal"]
+    with pytest.raises(ValueError, match="vote='mean'; use majority or weighted"):
+        signal_so_far(run.dir, "mean")
     assert record["questions_kept"] + record["below_agreement"] + record["no_winner"] == 3
     kept = {p["question_id"] for p in read_jsonl(run.dir / "pairs.jsonl")}
     assert len(kept) <= record["questions_kept"]
