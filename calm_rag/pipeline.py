@@ -321,7 +321,20 @@ class Run:
                               f"--run {self.dir}, or calm-rag calm run for every stage")
         return path
 
+    def _digest(self, *names: str) -> str | None:
+        """sha256 of the run folder's files `names`, byte for byte (None when one is missing)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in names:
+            if not (self.dir / name).is_file():
+                return None
+            digest.update((self.dir / name).read_bytes())
+        return digest.hexdigest()
+
     def pairs(self, translate=None) -> dict[str, Any]:
+        """Preference pairs from the samples and votes; kept as they are when made from the same samples, votes
+        and settings (so `calm run` resumed after the pairs does not translate again and retrain on new pairs)."""
         from calm_rag.pairs import build_pairs, write_pairs
 
         from calm_rag.vote import training_signal
@@ -329,6 +342,12 @@ class Run:
         started = time.time()
         gens_path = self._need("generations.jsonl", "pairs", "sample")
         votes_path = self._need("votes.jsonl", "pairs", "vote")
+        inputs, done = self._digest("generations.jsonl", "votes.jsonl"), self.manifest["stages"].get("pairs", {})
+        if (done.get("inputs") == inputs and done.get("made") == self._digest("pairs.jsonl", "pairs_counts.json")
+                and done.get("min_agreement") == self.cfg.pairs.min_agreement
+                and done.get("signal", {}).get("vote") == self.cfg.calm.vote):
+            log.info("pairs: %s is up to date (same samples, votes and settings); kept", self.dir / "pairs.jsonl")
+            return json.loads((self.dir / "pairs_counts.json").read_text(encoding="utf-8"))
         made_with = self.manifest["stages"].get("vote", {}).get("vote", self.cfg.calm.vote)  # older runs: unknown
         if made_with != self.cfg.calm.vote:
             raise ConfigError(f"calm pairs: {votes_path} holds the calm.vote={made_with} vote, not "
@@ -351,7 +370,9 @@ class Run:
         signal = training_signal(gens, votes, gold, {q.id: len(q.options) for q in train_qs if q.options},
                                  min_agreement)
         signal["vote"] = self.cfg.calm.vote
-        self._record("pairs", started, pairs=len(pairs), per_lang={k: v["pairs"] for k, v in counts.items()},
+        self._record("pairs", started, inputs=inputs, made=self._digest("pairs.jsonl", "pairs_counts.json"),
+                     pairs=len(pairs),
+                     per_lang={k: v["pairs"] for k, v in counts.items()},
                      no_winner=report.no_winner, min_agreement=min_agreement, questions_kept=report.kept,
                      below_agreement=report.below_agreement, translated=report.translated(),
                      translated_share=round(report.translated_share(), 4),

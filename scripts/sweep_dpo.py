@@ -12,6 +12,7 @@ folders under RUN/sweep/). Never pass the dev split: the script refuses validati
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-questions", type=int, help="grade the first N validation questions")
     p.add_argument("--out", required=True, help="the sweep's JSON (e.g. docs/results/sweep-RUN.json)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("calm_rag").setLevel(logging.INFO)  # DPO's step lines are the sweep's progress
     try:
         result = run_sweep(args.run, [parse_arm(a) for a in args.arm], args.val, args.out, args.max_questions)
     except ValueError as exc:

@@ -62,6 +62,20 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     assert sum(b["questions"] for b in signal["winner_share"]["bins"].values()) == 3 - signal["no_winner"]
     assert record["min_agreement"] is None and record["questions_kept"] == 3 - signal["no_winner"]
     assert record["translated"] == sum(p["chosen_source"] == "translation" for p in pairs)
+    # `calm run` resumed after the pairs votes again and keeps the pairs it has (no new translations, no new file)
+    made = (run.dir / "pairs.jsonl").stat()
+
+    def no_translation(*args):
+        raise AssertionError("translated again")
+
+    run.vote()
+    assert run.pairs(translate=no_translation) == json.loads((run.dir / "pairs_counts.json").read_text())
+    kept = (run.dir / "pairs.jsonl").stat()
+    assert (kept.st_ino, kept.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    del run.manifest["stages"]["pairs"]["inputs"]  # pairs an older calm-rag made: made again
+    run.pairs()
+    assert (run.dir / "pairs.jsonl").stat().st_ino != made.st_ino
+    assert run.manifest["stages"]["pairs"]["inputs"] == record["inputs"]
     # the same signal read while sampling runs: only questions sampled in every language, nothing written
     from calm_rag.pipeline import signal_so_far
 
