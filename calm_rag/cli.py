@@ -366,7 +366,8 @@ def _print_signal(record: dict) -> None:
               f"{_pct(kept['vote_accuracy'])} ({kept['vote_right']}/{kept['with_gold']})")
     print("  pairs per language: " + ", ".join(f"{k} {v}" for k, v in record["per_lang"].items())
           + f" ({record['pairs']} in all; translated chosen: {record.get('translated', 0)}, "
-            f"{_pct(record.get('translated_share', 0.0))})")
+            f"{_pct(record.get('translated_share', 0.0))}; translations dropped for another or no letter: "
+            f"{record.get('translations_dropped', 0)})")
     if weak_signal(sig):
         print(f"calm-rag: warning: the cross-lingual vote is right on {sig['vote_right']}/{sig['with_gold']} training "
               f"questions ({_pct(sig['vote_accuracy'])}), no better than chance ({_pct(sig['chance'])}): DPO would "

@@ -10,7 +10,12 @@ them; `"reject"` pairs them too, which also teaches the answer format.
 When no response in a language agrees, the chosen text is the generator's own translation of
 the best agreeing response from another language (`translate(text, src_lang, tgt_lang)`), marked
 `chosen_source="translation"` and counted (`PairReport.translated_share`); with `translate=None`
-that language is skipped for the question and counted.
+that language is skipped for the question and counted. A response whose own text names the winning
+letter is preferred as the source, and its translation must name that letter too
+(`selfrag.extract_choice`); a source whose letter came from the answer-cue step names none, so its
+translation may name none; a translation naming another letter is always dropped. Dropped ones are
+counted (`translation_rejected`): a small generator asked to translate may answer with a bare
+letter, often another one, and DPO would learn to do that.
 
 On-policy: chosen and rejected are the `Generation.text` of sampled responses byte for byte, the
 raw completions the model wrote for their prompts (never re-rendered, stripped or rewritten; a
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import Generation, PreferencePair, Vote, to_dict, write_jsonl
+from .selfrag import extract_choice
 from .vote import winner_share
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,8 @@ class LangPairStats:
     questions: int = 0  # questions of this language that produced at least one pair
     from_translation: int = 0  # pairs whose chosen is a translation
     all_agree: int = 0  # questions with no response to reject
-    skipped_no_chosen: int = 0  # questions with rejects but no agreeing response and no translator
+    skipped_no_chosen: int = 0  # questions with rejects but no agreeing response and no usable translation
+    translation_rejected: int = 0  # translations dropped: they do not name the winning letter
     unparseable_skipped: int = 0  # unparseable responses left out (unparseable="skip")
     prompt_differs: int = 0  # pairs whose chosen came from a response with another prompt
     blank_skipped: int = 0  # responses left out because the model wrote nothing (only whitespace)
@@ -68,6 +75,13 @@ class PairReport:
     def translated_share(self) -> float:
         """Share of all pairs whose chosen is a translation (0.0 without pairs)."""
         return self.translated() / self.total() if self.total() else 0.0
+
+
+def _keeps_letter(translated: str, lang: str, must_name: str | None, winner: str) -> bool:
+    """A usable translation: not blank, naming the winner (`must_name`), or, from a source that named no letter
+    itself, naming none or the winner."""
+    named = extract_choice(translated, lang)
+    return bool(translated.strip()) and (named == must_name or (must_name is None and named == winner))
 
 
 def _pick_chosen(candidates: Sequence[Generation], lang_order: Sequence[str]) -> Generation:
@@ -98,7 +112,7 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
     report = PairReport(per_lang={lang: LangPairStats() for lang in order})
     prompt = prompt_for or (lambda g: g.prompt)
     pairs: list[PreferencePair] = []
-    plans: list[tuple[str, str, list[Generation], list[Generation], tuple[str, str, str] | None]] = []
+    plans: list[tuple[str, str, str, list[Generation], list[Generation], tuple[str, str, str] | None]] = []
     for qid, per_lang in by_q.items():
         vote = votes.get(qid)
         if vote is None or vote.winner is None:
@@ -110,6 +124,8 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
         report.kept += 1
         winner = vote.winner
         agreeing_anywhere = [g for gs in per_lang.values() for g in gs if g.letter == winner and g.text.strip()]
+        # a source that names the winner in its own words first: its translation can be checked for it
+        named = [g for g in agreeing_anywhere if not g.completed] or agreeing_anywhere
         for lang in order:
             gens = per_lang.get(lang, [])
             if not gens:
@@ -124,18 +140,20 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
             if not reject:
                 stats.all_agree += 1
             elif agree:
-                plans.append((qid, lang, agree, reject, None))
+                plans.append((qid, lang, winner, agree, reject, None))
             elif translate is not None and agreeing_anywhere:
-                best = _pick_chosen(agreeing_anywhere, order)
-                plans.append((qid, lang, agree, reject, (best.text, best.lang, lang)))
+                best = _pick_chosen(named, order)
+                plans.append((qid, lang, winner if not best.completed else None, agree, reject,
+                              (best.text, best.lang, lang)))
             else:
                 stats.skipped_no_chosen += 1
     # every translation the pairs need, in one batch
-    translations = iter(translate_all(translate, [p[4] for p in plans if p[4] is not None]))
-    for qid, lang, agree, reject, request in plans:
+    translations = iter(translate_all(translate, [p[5] for p in plans if p[5] is not None]))
+    for qid, lang, must_name, agree, reject, request in plans:
         stats = report.per_lang[lang]
         translated = next(translations) if request is not None else None
-        if translated is not None and not translated.strip():
+        if translated is not None and not _keeps_letter(translated, lang, must_name, votes[qid].winner):
+            stats.translation_rejected += bool(translated.strip())
             stats.skipped_no_chosen += 1
             continue
         source = "sample" if translated is None else "translation"
@@ -154,8 +172,9 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
             stats.pairs += 1
             stats.from_translation += source == "translation"
     for lang, s in report.per_lang.items():
-        logger.info("pairs %s: %d pairs from %d questions (%d translated chosen, %d skipped without a chosen)",
-                    lang, s.pairs, s.questions, s.from_translation, s.skipped_no_chosen)
+        logger.info("pairs %s: %d pairs from %d questions (%d translated chosen, %d skipped without a chosen, "
+                    "%d translations dropped for not naming the winner)",
+                    lang, s.pairs, s.questions, s.from_translation, s.skipped_no_chosen, s.translation_rejected)
     return pairs, report
 
 

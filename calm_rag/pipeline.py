@@ -376,7 +376,8 @@ class Run:
                      no_winner=report.no_winner, min_agreement=min_agreement, questions_kept=report.kept,
                      below_agreement=report.below_agreement, translated=report.translated(),
                      translated_share=round(report.translated_share(), 4),
-                     translated_per_lang={k: v["from_translation"] for k, v in counts.items()}, signal=signal)
+                     translated_per_lang={k: v["from_translation"] for k, v in counts.items()},
+                     translations_dropped=sum(v["translation_rejected"] for v in counts.values()), signal=signal)
         return counts
 
     def train(self):

@@ -23,9 +23,12 @@ from calm_rag.languages import text_for
 
 log = logging.getLogger(__name__)
 
+# The text goes last, fenced, so that a small model reads it as text to translate and not as a question to
+# answer (asked "Keep option letters (A, B, C, ...)", the 1.5B coder model often replied with a bare "A").
 TRANSLATE_PROMPT = (
-    "Translate the following answer from {src} into {tgt}. Keep option letters (A, B, C, ...) exactly as they are. "
-    "Reply with the translation only.\n\n{text}")
+    "Translate the text between the two lines of dashes from {src} into {tgt}. It is someone's answer to a "
+    "multiple-choice question: translate all of it, and copy its option letter (such as \"B.\") unchanged. "
+    "Write the translation only.\n-----\n{text}\n-----")
 
 
 class Translator:
@@ -86,6 +89,6 @@ class Translator:
                 bar.update(len(part))
         out = [text for text, _, _ in requests]  # nothing to translate: kept as written
         for i, k in keys.items():
-            translated = selfrag.parse_output(done[k]).answer or answers[i]  # the model may not forge tokens
-            out[i] = requests[i][0].replace(answers[i], translated, 1)
+            translated = selfrag.parse_output(done[k]).answer  # the model may not forge tokens
+            out[i] = requests[i][0].replace(answers[i], translated, 1) if translated.strip() else ""  # none written
         return out

@@ -22,3 +22,14 @@ def shared_dir() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"real data not found at {SHARED}: these tests read ../shared/data and ../shared/corpora")
     return SHARED
+
+
+@pytest.fixture
+def tiny_model_translations(monkeypatch):
+    """The tiny random models write nothing when asked to translate, and an empty translation gives no pair
+    (calm_rag.translate); the loop tests that need translated pairs to train on get the source answer back
+    as its "translation" (still marked chosen_source="translation"). The translator itself is tested on the
+    tiny model in test_rag.py, without this."""
+    from calm_rag.translate import Translator
+
+    monkeypatch.setattr(Translator, "many", lambda self, requests: [text for text, _, _ in requests])

@@ -154,7 +154,7 @@ def test_calm_index_flag_is_relative_to_the_working_folder(capsys, tmp_path, mon
 
 
 def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_path, tiny_lm_dir, tiny_embedder_path,
-                                                                   cli_index):
+                                                                   cli_index, tiny_model_translations):
     """`calm run` end to end on the tiny model, zero-shot: every stage, the training signal, the before/after table,
     and a rerun that finds everything done."""
     (tmp_path / "run.yaml").write_text(

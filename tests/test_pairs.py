@@ -150,3 +150,26 @@ def test_translations_are_asked_for_in_one_batch():
     one_by_one, _ = build_pairs(GENS, vote_all(GENS), translate=lambda t, s, d: f"[{d}] {t}", unparseable="reject")
     assert len(Batch.calls) == 1 and len(Batch.calls[0]) == 1 and report.translated() == 3  # one chosen, 3 pairs
     assert batched == one_by_one
+
+
+def test_a_translation_must_name_the_winning_letter():
+    """A translated chosen that names no letter or another one is dropped and counted; from a source whose
+    letter came from the answer-cue step (its text names none) a translation naming none is kept."""
+    gens = [g("en", "A", i, qid="q", score=0.9 - i / 10) for i in range(4)] + [
+        g("fr", "B", 0, qid="q"), g("de", "B", 0, qid="q"), g("zh", "B", 0, qid="q")]  # A wins, 4 votes to 3
+    replies = {"fr": " fr Réponse : A[Utility:4]", "de": "B", "zh": "答案很长，但没有选项"}
+    pairs, report = build_pairs(gens, vote_all(gens, tie_break="critique"), langs=["en", "fr", "de", "zh"],
+                                translate=lambda text, src, tgt: replies[tgt])
+    assert [(p.lang, p.chosen) for p in pairs] == [("fr", replies["fr"])]  # de answered another letter, zh none
+    assert report.per_lang["de"].translation_rejected == 1 and report.per_lang["zh"].translation_rejected == 1
+    assert report.per_lang["de"].skipped_no_chosen == 1 and report.per_lang["fr"].translation_rejected == 0
+    named = [Generation(**{**x.__dict__, "completed": x.sample > 0}) if x.lang == "en" else x for x in gens]
+    called = []
+    build_pairs(named, vote_all(named, tie_break="critique"), langs=["en", "fr", "de", "zh"],
+                translate=lambda *request: called.append(request) or replies["fr"])
+    assert {text for text, _, _ in called} == {named[0].text}  # the one whose text names the letter itself
+    cued = [Generation(**{**x.__dict__, "completed": True}) if x.lang == "en" else x for x in gens]
+    pairs, report = build_pairs(cued, vote_all(cued, tie_break="critique"), langs=["en", "fr", "de", "zh"],
+                                translate=lambda text, src, tgt: replies[tgt])
+    assert sorted(p.lang for p in pairs) == ["fr", "zh"]  # zh names no letter, as its source; de another
+    assert report.per_lang["de"].translation_rejected == 1 and report.per_lang["zh"].translation_rejected == 0

@@ -36,7 +36,7 @@ def _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, **extra):
     return load_run_config(None, **sections)
 
 
-def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir, tiny_model_translations):
     run = Run(tmp_path / "run", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir))
     train_qs, eval_qs = run.questions()
     assert len(train_qs) == 9 and len(eval_qs) == 6  # 3 and 2 questions x 3 languages
@@ -62,6 +62,8 @@ def test_full_loop(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
     assert sum(b["questions"] for b in signal["winner_share"]["bins"].values()) == 3 - signal["no_winner"]
     assert record["min_agreement"] is None and record["questions_kept"] == 3 - signal["no_winner"]
     assert record["translated"] == sum(p["chosen_source"] == "translation" for p in pairs)
+    counts = json.loads((run.dir / "pairs_counts.json").read_text())
+    assert record["translations_dropped"] == sum(c["translation_rejected"] for c in counts.values())
     # `calm run` resumed after the pairs votes again and keeps the pairs it has (no new translations, no new file)
     made = (run.dir / "pairs.jsonl").stat()
 
@@ -368,7 +370,7 @@ def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tin
 
 
 def test_loop_runs_unchanged_on_a_native_reflection_token_model(tmp_path, tiny_selfrag_lm_dir, tiny_embedder_path,
-                                                                 index_dir):
+                                                                 index_dir, tiny_model_translations):
     """A model with its own reflection tokens (what `calm-rag selfrag distill` makes) goes through
     sampling, vote, pairs and DPO with no other setting: native critique, tokens in the pairs."""
     from calm_rag.pipeline import make_selfrag
@@ -450,13 +452,14 @@ def test_signal_is_printed_and_a_chance_level_vote_warns(capsys):
             Generation("q2", "en", 0, "x", "B"), Generation("q2", "zh", 0, "y", "C")]
     votes = vote_all(gens)
     record = {"pairs": 1, "per_lang": {"en": 0, "zh": 1}, "translated": 1, "translated_share": 1.0,
-              "signal": training_signal(gens, votes, {"q1": "A", "q2": "D"}, {"q1": 4, "q2": 4}, 0.75)}
+              "translations_dropped": 2, "signal": training_signal(gens, votes, {"q1": "A", "q2": "D"}, {"q1": 4, "q2": 4}, 0.75)}
     _print_signal(record)
     out = capsys.readouterr()
     assert "vote accuracy 50% (1/2), chance 25%" in out.out and "sample accuracy: en 50%, zh 50%" in out.out
     assert "1.0-1.0" not in out.out and "0.9-1.0: 1 (1/1 right)" in out.out and "0.5-0.6: 1 (0/1 right)" in out.out
     assert "min_agreement 0.75: 1 question(s) kept, vote accuracy 100% (1/1)" in out.out
-    assert "pairs per language: en 0, zh 1 (1 in all; translated chosen: 1, 100%)" in out.out
+    assert ("pairs per language: en 0, zh 1 (1 in all; translated chosen: 1, 100%; translations dropped for "
+            "another or no letter: 2)") in out.out
     assert out.err == ""
     record["signal"] = training_signal(gens, votes, {"q1": "B", "q2": "D"}, {"q1": 4, "q2": 4})
     _print_signal(record)
@@ -491,7 +494,7 @@ def test_stage_inputs_and_settings_fail_in_one_line(tmp_path, capsys):
 
 
 def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir,
-                                                             monkeypatch):
+                                                             monkeypatch, tiny_model_translations):
     """DPO arms trained on a run's pairs and graded on the train split's validation slice, never the dev split."""
     from calm_rag.config import ConfigError
     from calm_rag.sweep import parse_arm, run_sweep

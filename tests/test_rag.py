@@ -140,9 +140,10 @@ def test_translator_keeps_reflection_tokens(tiny_lm_dir):
     tr = Translator(load_recording, max_new_tokens=6)
     text = "[Relevant]B. the oven[Fully supported][Utility:4]"
     out = tr(text, "en", "zh")
-    # the answer part is what the model wrote for it (tokens it may have forged dropped), the tokens around kept
-    wrote = selfrag.parse_output(recorded[0].sampled[0].strip()).answer or "B. the oven"
-    assert out == "[Relevant]" + wrote + "[Fully supported][Utility:4]"
+    # the answer part is what the model wrote for it (tokens it may have forged dropped), the tokens around kept;
+    # nothing written is no translation (the pairs stage then has no chosen for that language)
+    wrote = selfrag.parse_output(recorded[0].sampled[0].strip()).answer
+    assert out == ("[Relevant]" + wrote + "[Fully supported][Utility:4]" if wrote.strip() else "")
     tr("[Irrelevant]C[Utility:2]", "en", "fr")
     assert loads == [1]  # loaded once, lazily
 
