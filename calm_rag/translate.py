@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,8 +19,7 @@ from calm_rag import selfrag
 from calm_rag.config import GenerateConfig
 from calm_rag.generate import Generator
 from calm_rag.languages import text_for
-
-log = logging.getLogger(__name__)
+from calm_rag.records import JsonlAppender, read_jsonl
 
 # The text goes last, fenced, so that a small model reads it as text to translate and not as a question to
 # answer (asked "Keep option letters (A, B, C, ...)", the 1.5B coder model often replied with a bare "A").
@@ -51,17 +49,10 @@ class Translator:
         return hashlib.sha256(made_from.encode("utf-8")).hexdigest()
 
     def _cached(self) -> dict[str, str]:
-        """The cache file's translations; a line cut off by an interrupt is skipped (it is made again)."""
-        done: dict[str, str] = {}
+        """The cache file's translations (a last line cut off by an interrupt is left out: it is made again)."""
         if self.cache is None or not self.cache.is_file():
-            return done
-        for line in self.cache.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                done[record["key"]] = record["output"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s: skipped a cut-off or malformed line; its translation is made again", self.cache)
-        return done
+            return {}
+        return {record["key"]: record["output"] for record in read_jsonl(self.cache)}
 
     def many(self, requests: Sequence[tuple[str, str, str]]) -> list[str]:
         """(text, source language, target language) -> the text with its answer part translated, greedy."""
@@ -70,22 +61,26 @@ class Translator:
         answers = [selfrag.parse_output(text).answer for text, _, _ in requests]
         keys = {i: self.key(a, requests[i][1], requests[i][2]) for i, a in enumerate(answers) if a}
         done = self._cached()
-        missing = list(dict.fromkeys(k for k in keys.values() if k not in done))  # each distinct request once
-        first = {k: i for i, k in reversed(list(keys.items()))}
-        with tqdm(total=len(missing), desc="translating", unit="answer", disable=not missing) as bar:
-            for start in range(0, len(missing), self.chunk):
-                part = missing[start:start + self.chunk]
+        missing: dict[str, int] = {}  # each distinct request once: its key -> the first request asking for it
+        for i, k in keys.items():
+            if k not in done:
+                missing.setdefault(k, i)
+        todo = list(missing.items())
+        with tqdm(total=len(todo), desc="translating", unit="answer", disable=not todo) as bar:
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start:start + self.chunk]
                 if self._gen is None:
                     self._gen = self._load()
                 prompts = [self._gen.chat_prompt(TRANSLATE_PROMPT.format(
-                    src=text_for(requests[first[k]][1]).name, tgt=text_for(requests[first[k]][2]).name,
-                    text=answers[first[k]])) for k in part]
-                outputs = {k: samples[0].strip() for k, samples in zip(part, self._gen.generate(prompts, self.cfg))}
+                    src=text_for(requests[i][1]).name, tgt=text_for(requests[i][2]).name, text=answers[i]))
+                    for _, i in part]
+                samples = self._gen.generate(prompts, self.cfg)
+                outputs = {k: s[0].strip() for (k, _), s in zip(part, samples)}
                 done.update(outputs)
                 if self.cache is not None:
-                    with self.cache.open("a", encoding="utf-8") as f:
-                        f.writelines(json.dumps({"key": k, "output": o}, ensure_ascii=False) + "\n"
-                                     for k, o in outputs.items())
+                    with JsonlAppender(self.cache) as cache:
+                        for k, o in outputs.items():
+                            cache.append({"key": k, "output": o})
                 bar.update(len(part))
         out = [text for text, _, _ in requests]  # nothing to translate: kept as written
         for i, k in keys.items():
