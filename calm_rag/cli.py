@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from calm_rag.config import VOTES
 from calm_rag.models import DEFAULT_GENERATOR
 from calm_rag.selfrag import printable
 
@@ -512,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-eval", type=int, help="evaluation questions")
         s.add_argument("--max-steps", type=int, help="DPO steps")
         if stage in ("vote", "pairs", "run"):
-            s.add_argument("--vote", choices=["majority", "weighted"],
+            s.add_argument("--vote", choices=VOTES,
                            help="the winner: majority (the paper's) or weighted by the critique scores (calm.vote)")
         if stage in ("pairs", "run"):
             s.add_argument("--min-agreement", type=float, metavar="SHARE",

@@ -117,6 +117,9 @@ class SelfRagConfig:
                f"selfrag.critique={self.critique!r}; use auto, native or verbalised")
 
 
+VOTES = ("majority", "weighted")  # calm.vote: one count per sample (the paper), or critique-weighted
+
+
 @dataclass(frozen=True)
 class CalmConfig:
     languages: tuple[str, ...] = option("languages sampled and voted across", DEFAULT_LANGS)
@@ -133,7 +136,7 @@ class CalmConfig:
         require(len(self.languages) >= 2,
                 f"calm.languages={list(self.languages)} has one language, but CALM votes across languages; list at "
                 f"least two (calm.languages: [en, zh] in the run YAML, or --langs en,zh)")
-        require(self.vote in ("majority", "weighted"), f"calm.vote={self.vote!r}; use majority or weighted")
+        require(self.vote in VOTES, f"calm.vote={self.vote!r}; use majority or weighted")
 
 
 @dataclass(frozen=True)

@@ -77,11 +77,11 @@ class PairReport:
         return self.translated() / self.total() if self.total() else 0.0
 
 
-def _keeps_letter(translated: str, lang: str, must_name: str | None, winner: str) -> bool:
-    """A usable translation: not blank, naming the winner (`must_name`), or, from a source that named no letter
-    itself, naming none or the winner."""
+def _keeps_letter(translated: str, lang: str, winner: str, source: Generation) -> bool:
+    """A usable translation: not blank and naming the winner, or, from a source whose letter came from the
+    answer-cue step (its text names none), naming none."""
     named = extract_choice(translated, lang)
-    return bool(translated.strip()) and (named == must_name or (must_name is None and named == winner))
+    return bool(translated.strip()) and (named == winner or (source.completed and named is None))
 
 
 def _pick_chosen(candidates: Sequence[Generation], lang_order: Sequence[str]) -> Generation:
@@ -112,7 +112,7 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
     report = PairReport(per_lang={lang: LangPairStats() for lang in order})
     prompt = prompt_for or (lambda g: g.prompt)
     pairs: list[PreferencePair] = []
-    plans: list[tuple[str, str, str, list[Generation], list[Generation], tuple[str, str, str] | None]] = []
+    plans: list[tuple[str, str, str, list[Generation], list[Generation], Generation | None]] = []
     for qid, per_lang in by_q.items():
         vote = votes.get(qid)
         if vote is None or vote.winner is None:
@@ -142,17 +142,16 @@ def build_pairs(generations: Iterable[Generation], votes: Mapping[str, Vote], *,
             elif agree:
                 plans.append((qid, lang, winner, agree, reject, None))
             elif translate is not None and agreeing_anywhere:
-                best = _pick_chosen(named, order)
-                plans.append((qid, lang, winner if not best.completed else None, agree, reject,
-                              (best.text, best.lang, lang)))
+                plans.append((qid, lang, winner, agree, reject, _pick_chosen(named, order)))  # to translate
             else:
                 stats.skipped_no_chosen += 1
     # every translation the pairs need, in one batch
-    translations = iter(translate_all(translate, [p[5] for p in plans if p[5] is not None]))
-    for qid, lang, must_name, agree, reject, request in plans:
+    translations = iter(translate_all(translate, [(src.text, src.lang, lang) for _, lang, _, _, _, src in plans
+                                                  if src is not None]))
+    for qid, lang, winner, agree, reject, source_of_translation in plans:
         stats = report.per_lang[lang]
-        translated = next(translations) if request is not None else None
-        if translated is not None and not _keeps_letter(translated, lang, must_name, votes[qid].winner):
+        translated = next(translations) if source_of_translation is not None else None
+        if translated is not None and not _keeps_letter(translated, lang, winner, source_of_translation):
             stats.translation_rejected += bool(translated.strip())
             stats.skipped_no_chosen += 1
             continue

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from calm_rag.config import ConfigError, GenerateConfig, RunConfig
+from calm_rag.config import VOTES, ConfigError, GenerateConfig, RunConfig
 from calm_rag.config_files import load_run_config
 from calm_rag.records import Generation, Question, Vote, atomic_write_text, package_versions, read_jsonl, write_jsonl
 from calm_rag.sampling import sample_units
@@ -271,9 +271,8 @@ class Run:
 
         started = time.time()
         gens = list(read_jsonl(self._need("generations.jsonl", "vote", "sample"), Generation))
-        weighting = "critique" if self.cfg.calm.vote == "weighted" else "count"
         gens = _canonical_order(gens, self.cfg.calm.languages)
-        votes = vote_all(gens, langs=self.cfg.calm.languages, weighting=weighting)
+        votes = vote_all(gens, langs=self.cfg.calm.languages, weighting=_weighting(self.cfg.calm.vote))
         write_jsonl(self.dir / "votes.jsonl", votes.values())
         stats = vote_stats(votes)
         self._record("vote", started, questions=len(votes), vote=self.cfg.calm.vote, **_as_dict(stats))
@@ -437,6 +436,11 @@ class Run:
         return self.evaluate()
 
 
+def _weighting(vote: str) -> str:
+    """calm.vote -> vote.majority_vote's weighting: one count per sample, or its critique score."""
+    return "critique" if vote == "weighted" else "count"
+
+
 def signal_so_far(folder: str | Path, vote: str | None = None, min_agreement: float | None = None) -> dict[str, Any]:
     """The training signal (vote accuracy, sample accuracy, winner shares) over the training questions whose
     units are all sampled, read from a run folder without writing to it, so it can watch a run that is
@@ -457,9 +461,9 @@ def signal_so_far(folder: str | Path, vote: str | None = None, min_agreement: fl
     complete = {qid for qid, count in per_question.items() if count == n * len(langs)}
     gens = _canonical_order([g for g in gens if g.question_id in complete], langs)
     vote = vote or config["calm"].get("vote", "majority")
-    if vote not in ("majority", "weighted"):
+    if vote not in VOTES:
         raise ConfigError(f"signal: vote={vote!r}; use majority or weighted")
-    votes = vote_all(gens, langs=langs, weighting="critique" if vote == "weighted" else "count")
+    votes = vote_all(gens, langs=langs, weighting=_weighting(vote))
     signal = training_signal(gens, votes, {q: questions[q].gold for q in complete},
                              {q: len(questions[q].options) for q in complete if questions[q].options}, min_agreement)
     return {**signal, "vote": vote, "complete": len(complete), "of": len(questions)}

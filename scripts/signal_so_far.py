@@ -16,13 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from calm_rag.config import VOTES  # noqa: E402
 from calm_rag.pipeline import signal_so_far  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run folder (manifest.json, questions.jsonl, generations.jsonl)")
-    p.add_argument("--vote", choices=("majority", "weighted"), help="the vote to count (default: the run's)")
+    p.add_argument("--vote", choices=VOTES, help="the vote to count (default: the run's)")
     p.add_argument("--min-agreement", type=float, help="count only questions whose winner holds this share of votes")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
