@@ -97,13 +97,13 @@ def test_run_configs_load(name):
 
 def test_one_session_run_samples_like_the_full_run():
     """calm-xcsqa-6lang-small.yaml is the full 6-language run cut to fit one session: every setting that makes
-    its samples is the full run's, so its 240 training units are the full run's first 240, byte for byte."""
+    its samples is the full run's, so its 180 training units are the full run's first 180, byte for byte."""
     small = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang-small.yaml")
     six = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang.yaml")
     for section in ("model", "generate", "selfrag", "calm", "eval"):
         assert getattr(small, section) == getattr(six, section), section
     assert small.data.files == six.data.files and small.data.split == six.data.split
-    assert (small.data.max_train, small.data.max_eval) == (40, 50) and six.data.max_train > 40
+    assert (small.data.max_train, small.data.max_eval) == (30, 50) and six.data.max_train > 30
     assert (small.generate.units_per_batch, len(small.calm.languages)) == (6, 6)  # one question a batch in both
     for field in ("beta", "learning_rate", "lora_targets", "lora_r", "lora_alpha", "max_length"):
         assert getattr(small.train, field) == getattr(six.train, field), field
