@@ -147,8 +147,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           f"evaluated in {', '.join(langs)}; "
           f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
           f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
-          f"{config['generate']['max_new_tokens']} new tokens, k={config['selfrag']['top_k']} passages from "
-          f"`{Path(config['selfrag']['index']).name}` (retrieval {config['selfrag']['retrieval']}); "
+          f"{config['generate']['max_new_tokens']} new tokens, {retrieval_text(config['selfrag'])}; "
           f"{stages.get('train', {}).get('steps', '–')} DPO steps. Seeds: sampling {config['generate']['seed']}, "
           f"training {config['train']['seed']}, split {config['data']['split_seed']}"
           f"{' (split file ' + Path(config['data']['split']).name + ')' if config['data'].get('split') else ''}, "
@@ -175,3 +174,10 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
         "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
     }, indent=2, ensure_ascii=False) + "\n")
     return text
+
+
+def retrieval_text(selfrag: dict) -> str:
+    """How a run retrieved: a zero-shot run names no index."""
+    if selfrag.get("retrieval") == "never" or not selfrag.get("index"):
+        return "zero-shot (retrieval never)"
+    return f"k={selfrag['top_k']} passages from `{Path(selfrag['index']).name}` (retrieval {selfrag['retrieval']})"

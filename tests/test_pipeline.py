@@ -577,3 +577,11 @@ def test_a_run_folder_started_by_an_older_calm_rag_resumes(tmp_path, tiny_lm_dir
     assert again.calm == cfg.calm and again.eval == cfg.eval
     with pytest.raises(ValueError, match="other calm settings"):  # a real change is still refused
         Run(run.dir, _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"languages": ("en", "zh")}))
+
+
+def test_report_describes_a_zero_shot_run_without_an_index():
+    """A zero-shot run names no index; the report used to crash on Path(None)."""
+    from calm_rag.report import retrieval_text
+    assert retrieval_text({"retrieval": "never", "index": None, "top_k": 3}) == "zero-shot (retrieval never)"
+    assert retrieval_text({"retrieval": "always", "index": "indexes/demo", "top_k": 2}) == \
+        "k=2 passages from `demo` (retrieval always)"
