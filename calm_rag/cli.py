@@ -5,11 +5,11 @@ Self-RAG pass itself). Heavy libraries are imported inside the command functions
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
 
+from calm_rag.cli_output import print_json, print_reports_json, print_signal
 from calm_rag.config import VOTES
 from calm_rag.models import DEFAULT_GENERATOR
 from calm_rag.selfrag import printable
@@ -17,18 +17,6 @@ from calm_rag.selfrag import printable
 ADAPTER_HELP = "LoRA adapter: a folder (RUN/train/adapter) or a packaged name (calm-rag models list)"
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _print_json(data: object) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def _print_reports_json(reports: dict) -> None:
-    """Evaluation reports as JSON: the first row's set-level metrics on top, every row's report under "reports"."""
-    name, first = next(iter(reports.items()))
-    _print_json({"run": name, "consistency": first.consistency, "mean_accuracy": first.mean_accuracy,
-                 "vote_accuracy": first.vote_accuracy, "accuracy": first.accuracy,
-                 "reports": {n: r.to_dict() for n, r in reports.items()}})
 
 
 # ---------------------------------------------------------------- models
@@ -45,7 +33,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
               "description": f"CALM LoRA adapter on {adapter_base(folder)} (package data)"}
              for name, folder in packaged_adapters().items()]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     for r in rows:
         mark = "shipped" if r["kind"] == "adapter" else "fetched" if r["fetched"] else "not fetched"
@@ -66,7 +54,7 @@ def cmd_models_info(args: argparse.Namespace) -> int:
 
     info = model_info(args.name)
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         print(f"name:           {info['name']}")
         print(f"folder:         {info['folder']}")
@@ -115,7 +103,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_index_info(args: argparse.Namespace) -> int:
     from calm_rag.index import index_info
 
-    _print_json(index_info(args.dir))
+    print_json(index_info(args.dir))
     return 0
 
 
@@ -133,7 +121,7 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     if args.json:
         from calm_rag.records import to_dict
 
-        _print_json([[to_dict(h) for h in row] for row in hits])
+        print_json([[to_dict(h) for h in row] for row in hits])
         return 0
     for query, row in zip(args.query, hits):
         print(f"# {printable(query)}")
@@ -181,7 +169,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         ans = rag.answer(question, n=1)
     best = ans.best(0)
     if args.json:  # each candidate's prompt is what the model saw, passages included: auditable
-        _print_json({"question": to_dict(question), "retrieved": ans.retrieved, "p_retrieve": ans.p_retrieve,
+        print_json({"question": to_dict(question), "retrieved": ans.retrieved, "p_retrieve": ans.p_retrieve,
                      "letter": ans.letters[0], "answer": best.answer, "output": best.text, "prompt": best.prompt,
                      "critique": to_dict(best.critique), "critique_mode": rag.mode,
                      "candidates": [{"passage": to_dict(c.hit) if c.hit else None, "prompt": c.prompt,
@@ -300,7 +288,7 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
     reports = evaluate_files(args.data, cfg, langs=langs, adapter=adapter,
                              max_questions=args.max_questions, split=args.split, out=args.out)
     if args.json:
-        _print_reports_json(reports)
+        print_reports_json(reports)
     else:
         print(markdown_table(reports))
         print(f"generations and reports: {next(iter(reports.values())).meta['out']}")
@@ -325,55 +313,22 @@ def cmd_calm(args: argparse.Namespace) -> int:
         print(f"{len(votes)} votes; {run.manifest['stages']['vote']}")
     elif stage == "pairs":
         run.pairs()
-        _print_signal(run.manifest["stages"]["pairs"])
+        print_signal(run.manifest["stages"]["pairs"])
     elif stage == "train":
         if "signal" in run.manifest["stages"].get("pairs", {}):
-            _print_signal(run.manifest["stages"]["pairs"])
+            print_signal(run.manifest["stages"]["pairs"])
         result = run.train()
         print(f"adapter: {result.adapter_dir}")
     elif stage == "eval":
         reports = run.evaluate()
         if args.json:
-            _print_reports_json(reports)
+            print_reports_json(reports)
         else:
             print((run.dir / "eval" / "report.md").read_text())
     elif stage == "run":
-        run.run_all(before_train=_print_signal)
+        run.run_all(before_train=print_signal)
         print((run.dir / "eval" / "report.md").read_text())
     return 0
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def _print_signal(record: dict) -> None:
-    """The pairs stage's training signal, before DPO; a warning when the vote is no better than chance."""
-    from calm_rag.vote import weak_signal
-
-    sig = record["signal"]
-    print(f"training signal (calm.vote={sig.get('vote', 'majority')}), {sig['with_gold']} of {sig['questions']} "
-          f"training question(s) with gold:")
-    print(f"  vote accuracy {_pct(sig['vote_accuracy'])} ({sig['vote_right']}/{sig['with_gold']}), chance "
-          f"{_pct(sig['chance'])}; no winner: {sig['no_winner']}")
-    print("  sample accuracy: " + (", ".join(f"{k} {_pct(v)}" for k, v in sig["sample_accuracy"].items()) or "-"))
-    share = sig["winner_share"]
-    bins = ", ".join(f"{k}: {b['questions']} ({b['right']}/{b['with_gold']} right)"
-                     for k, b in share["bins"].items() if b["questions"])
-    print(f"  winner's vote share: mean {share['mean'] or 0:.2f}, median {share['median'] or 0:.2f}; {bins or '-'}")
-    if "min_agreement" in sig:
-        kept = sig["min_agreement"]
-        print(f"  min_agreement {kept['threshold']}: {kept['questions']} question(s) kept, vote accuracy "
-              f"{_pct(kept['vote_accuracy'])} ({kept['vote_right']}/{kept['with_gold']})")
-    print("  pairs per language: " + ", ".join(f"{k} {v}" for k, v in record["per_lang"].items())
-          + f" ({record['pairs']} in all; translated chosen: {record.get('translated', 0)}, "
-            f"{_pct(record.get('translated_share', 0.0))}; translations dropped for another or no letter: "
-            f"{record.get('translations_dropped', 0)})")
-    if weak_signal(sig):
-        print(f"calm-rag: warning: the cross-lingual vote is right on {sig['vote_right']}/{sig['with_gold']} training "
-              f"questions ({_pct(sig['vote_accuracy'])}), no better than chance ({_pct(sig['chance'])}): DPO would "
-              f"train toward noise; try --min-agreement, --vote weighted, more samples (-n) or more languages",
-              file=sys.stderr)
 
 
 # ---------------------------------------------------------------- shell

@@ -445,7 +445,7 @@ def _cue(lang):
 
 
 def test_signal_is_printed_and_a_chance_level_vote_warns(capsys):
-    from calm_rag.cli import _print_signal
+    from calm_rag.cli_output import print_signal
     from calm_rag.vote import training_signal, vote_all
 
     gens = [Generation("q1", "en", 0, "x", "A"), Generation("q1", "zh", 0, "y", "A"),
@@ -453,7 +453,7 @@ def test_signal_is_printed_and_a_chance_level_vote_warns(capsys):
     votes = vote_all(gens)
     record = {"pairs": 1, "per_lang": {"en": 0, "zh": 1}, "translated": 1, "translated_share": 1.0,
               "translations_dropped": 2, "signal": training_signal(gens, votes, {"q1": "A", "q2": "D"}, {"q1": 4, "q2": 4}, 0.75)}
-    _print_signal(record)
+    print_signal(record)
     out = capsys.readouterr()
     assert "vote accuracy 50% (1/2), chance 25%" in out.out and "sample accuracy: en 50%, zh 50%" in out.out
     assert "1.0-1.0" not in out.out and "0.9-1.0: 1 (1/1 right)" in out.out and "0.5-0.6: 1 (0/1 right)" in out.out
@@ -462,7 +462,7 @@ def test_signal_is_printed_and_a_chance_level_vote_warns(capsys):
             "another or no letter: 2)") in out.out
     assert out.err == ""
     record["signal"] = training_signal(gens, votes, {"q1": "B", "q2": "D"}, {"q1": 4, "q2": 4})
-    _print_signal(record)
+    print_signal(record)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: the cross-lingual vote is right on 0/2" in err
     assert "no better than chance (25%)" in err and "--min-agreement" in err and "--vote weighted" in err
