@@ -5,7 +5,9 @@ trains an adapter on a run folder's pairs with its own changes to the run's Trai
 answers the validation questions (`splits/<set>-val.json`: the last questions of the train list,
 which runs never train on) greedily, as the run's evaluation does; the base model answers them
 once. The winner is the arm with the highest mean accuracy + consistency on that slice (CALM
-promises both). Every arm, its numbers and the winner go to one JSON file, rewritten after each graded arm
+promises both), among the arms whose answers are still explanations: an arm whose mean answer is
+shorter than `MIN_ANSWER_SHARE` of the base model's has collapsed to bare letters (seen at lr 3e-4 on
+the 1.5B: 9 characters against 179) and is not chosen, however it scores. Every arm, its numbers and the winner go to one JSON file, rewritten after each graded arm
 (`complete` is false until the last one). Arms resume like the
 stages they are made of (DPO checkpoints, evaluation folders).
 """
@@ -23,6 +25,8 @@ from calm_rag.config_files import from_mapping, saved_run_config
 from calm_rag.records import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+MIN_ANSWER_SHARE = 0.5  # an arm's mean answer length / the base's below this: collapsed, not eligible
 
 
 def parse_arm(text: str) -> dict[str, Any]:
@@ -60,6 +64,24 @@ def score(report: dict[str, Any]) -> float:
     return (report["mean_accuracy"] or 0.0) + (report["consistency"] or 0.0)
 
 
+def collapsed(val: dict[str, Any], base: dict[str, Any]) -> bool:
+    """True when an arm answers far shorter than the base model (bare letters instead of explanations)."""
+    return val["mean_answer_chars"] < MIN_ANSWER_SHARE * base["mean_answer_chars"]
+
+
+def choose(result: dict[str, Any]) -> str | None:
+    """The best-scoring arm that has not collapsed; None when every arm collapsed."""
+    eligible = [n for n, arm in result["arms"].items() if not collapsed(arm["val"], result["base"])]
+    return max(eligible, key=lambda n: score(result["arms"][n]["val"]), default=None)
+
+
+def mean_answer_chars(folder: Path) -> float:
+    """Mean length of the answers an evaluation folder holds, as the model wrote them."""
+    lengths = [len(json.loads(line)["text"]) for f in sorted(folder.glob("*.generations.jsonl"))
+               for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return round(sum(lengths) / len(lengths), 1) if lengths else 0.0
+
+
 def run_sweep(run_dir: str | Path, arms: list[dict[str, Any]], val_split: str | Path, out: str | Path,
               max_questions: int | None = None) -> dict[str, Any]:
     """Train and grade every arm on the run's pairs; write and return {"base", "arms", "chosen"}."""
@@ -84,11 +106,13 @@ def run_sweep(run_dir: str | Path, arms: list[dict[str, Any]], val_split: str | 
         report = next(iter(evaluate_files(files, cfg, langs=langs, adapter=adapter, retrieval=mode,
                                           max_questions=max_questions, split=val_split, out=folder).values()))
         return {"mean_accuracy": report.mean_accuracy, "consistency": report.consistency,
-                "vote_accuracy": report.vote_accuracy, "accuracy": report.accuracy, "n_questions": report.n_questions}
+                "vote_accuracy": report.vote_accuracy, "accuracy": report.accuracy, "n_questions": report.n_questions,
+                "mean_answer_chars": mean_answer_chars(folder)}
 
     work = run_dir / "sweep"
     result: dict[str, Any] = {"run": str(run_dir), "val_split": str(val_split), "retrieval": mode[0],
-                              "selection": "highest mean_accuracy + consistency on the validation slice",
+                              "selection": "highest mean_accuracy + consistency on the validation slice, among "
+                                           f"arms whose mean answer is at least {MIN_ANSWER_SHARE} of the base's",
                               "base": grade(None, work / "base"), "arms": {}, "complete": False}
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -106,7 +130,8 @@ def run_sweep(run_dir: str | Path, arms: list[dict[str, Any]], val_split: str | 
                                 "val": grade(str(trained.adapter_dir), work / name / "val")}
         write()
     if result["arms"]:
-        result["chosen"] = max(result["arms"], key=lambda n: score(result["arms"][n]["val"]))
+        result["chosen"] = choose(result)
+        result["collapsed"] = [n for n, arm in result["arms"].items() if collapsed(arm["val"], result["base"])]
     result["complete"] = True
     write()
     return result

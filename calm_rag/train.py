@@ -308,7 +308,8 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
         logger.info("%s is already trained on these pairs with these settings (%d steps); nothing to do",
                     adapter, done["steps"])
         return TrainResult(adapter=adapter, steps=done["steps"], final_loss=done.get("final_loss"),
-                           mean_loss=done.get("mean_loss"), seconds=time.time() - start, pairs=len(rows))
+                           mean_loss=done.get("mean_loss"), seconds=done.get("seconds", time.time() - start),
+                           pairs=len(rows))  # the training's own time, not this call's
     model, tokenizer = load_causal_lm(model_spec, device="cpu", dtype=load_dtype(device))
     checkpoints = out_dir / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
@@ -352,7 +353,8 @@ def train_dpo(pairs_path: str | Path, model_spec: str, out_dir: str | Path, cfg:
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder holds none
         # the adapter names its base wherever it is moved, and what made it (a rerun then trains nothing)
         write_sidecar(tmp, model_spec, train=run, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
-                      steps=trainer.state.global_step, final_loss=final_loss, mean_loss=mean_loss)
+                      steps=trainer.state.global_step, final_loss=final_loss, mean_loss=mean_loss,
+                      seconds=round(time.time() - start, 1))
         shutil.rmtree(old, ignore_errors=True)
         if adapter.exists():
             os.rename(adapter, old)

@@ -38,13 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep_dpo: error: {exc}", file=sys.stderr)
         return 2
     base = result["base"]
-    print(f"| arm | mean acc | consistency | vote acc | score |\n|---|---:|---:|---:|---:|\n"
-          f"| base | {100 * base['mean_accuracy']:.1f} | {100 * base['consistency']:.1f} | "
-          f"{100 * base['vote_accuracy']:.1f} | {score(base):.3f} |")
-    for name, arm in result["arms"].items():
-        v = arm["val"]
-        print(f"| {name} | {100 * v['mean_accuracy']:.1f} | {100 * v['consistency']:.1f} | "
-              f"{100 * v['vote_accuracy']:.1f} | {score(v):.3f} |")
+    print("| arm | mean acc | consistency | vote acc | answer chars | score |\n|---|---:|---:|---:|---:|---:|")
+    for name, v in [("base", base)] + [(n, arm["val"]) for n, arm in result["arms"].items()]:
+        note = " (collapsed: not eligible)" if name in result.get("collapsed", []) else ""
+        print(f"| {name}{note} | {100 * v['mean_accuracy']:.1f} | {100 * v['consistency']:.1f} | "
+              f"{100 * v['vote_accuracy']:.1f} | {v['mean_answer_chars']:.0f} | {score(v):.3f} |")
     chosen = result.get("chosen")
     print(f"chosen: {chosen}  (written to {args.out})")
     if chosen:  # the winner is already trained on the run's pairs: it can be the run's adapter as it is

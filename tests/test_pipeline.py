@@ -532,12 +532,21 @@ def test_sweep_picks_hyperparameters_on_the_validation_slice(tmp_path, tiny_lm_d
     assert result["complete"] is True
     assert list(result["arms"]) == ["learning_rate0.01-max_steps1", "beta0.5-learning_rate0.01-max_steps2"]
     assert [a["steps"] for a in result["arms"].values()] == [1, 2]
+    first = "learning_rate0.01-max_steps1"  # trained in the first call: its time is the training's, not the resume's
+    assert result["arms"][first]["train_seconds"] == pytest.approx(partial["arms"][first]["train_seconds"], rel=0.5)
     assert result["arms"]["beta0.5-learning_rate0.01-max_steps2"]["train"]["beta"] == 0.5
     graded = {json.loads(x)["question_id"] for x in
               (run.dir / "sweep" / "base" / "base-never.generations.jsonl").read_text().splitlines()}
     assert graded == set(ids[8:12]) and result["base"]["n_questions"] == 4  # the slice, not the dev questions
-    scores = {n: a["val"]["mean_accuracy"] + a["val"]["consistency"] for n, a in result["arms"].items()}
-    assert result["chosen"] == max(scores, key=scores.get)
+    def chars(folder):  # read from the evaluation records themselves, not from the sweep's JSON
+        texts = [json.loads(x)["text"] for f in folder.glob("*.generations.jsonl") for x in f.read_text().splitlines()]
+        return sum(map(len, texts)) / len(texts)
+
+    base_chars = chars(run.dir / "sweep" / "base")
+    assert result["base"]["mean_answer_chars"] == pytest.approx(base_chars, abs=0.05)
+    scores = {n: a["val"]["mean_accuracy"] + a["val"]["consistency"] for n, a in result["arms"].items()
+              if chars(run.dir / "sweep" / n / "val") >= 0.5 * base_chars}
+    assert result["chosen"] == (max(scores, key=scores.get) if scores else None)
     # the chosen arm becomes the run's adapter without training it again (what scripts/sweep_dpo.py suggests)
     import dataclasses
     import shutil
@@ -585,3 +594,20 @@ def test_report_describes_a_zero_shot_run_without_an_index():
     assert retrieval_text({"retrieval": "never", "index": None, "top_k": 3}) == "zero-shot (retrieval never)"
     assert retrieval_text({"retrieval": "always", "index": "indexes/demo", "top_k": 2}) == \
         "k=2 passages from `demo` (retrieval always)"
+
+
+def test_sweep_never_chooses_an_arm_that_collapsed_to_bare_letters():
+    """The lr 3e-4 arm on the 1.5B answered 'C' (9 characters) where the base explained (179): it scored 0.001
+    above lr 1e-4 and must still lose to it."""
+    from calm_rag.sweep import choose
+
+    def val(acc, cons, chars):
+        return {"mean_accuracy": acc, "consistency": cons, "mean_answer_chars": chars}
+
+    result = {"base": val(0.456, 0.451, 179.0),
+              "arms": {"lr1e-4": {"val": val(0.489, 0.444, 160.0)}, "lr3e-4": {"val": val(0.472, 0.462, 9.0)}}}
+    assert choose(result) == "lr1e-4"
+    result["arms"]["lr3e-4"]["val"]["mean_answer_chars"] = 150.0  # explains again: the higher score wins
+    assert choose(result) == "lr3e-4"
+    result["arms"] = {"lr3e-4": {"val": val(0.472, 0.462, 9.0)}}
+    assert choose(result) is None  # nothing eligible: no winner rather than a collapsed one
