@@ -107,6 +107,10 @@ class SelfRagConfig:
     index: str | None = option("index folder to retrieve from", None)
     complete_answer: bool = option("when an output names no option, append the answer cue and take the model's "
                                    "most probable option letter (two-stage answer extraction)", True)
+    critique_zero_shot: bool = option(
+        "ask the verbalised critic's utility question of answers given without a passage; false skips it (each "
+        "answer then scores 0): a zero-shot run with the majority vote needs no score, and sampling computes about a "
+        "quarter fewer tokens (docs/results.md); the weighted vote needs it", True)
 
     def __post_init__(self) -> None:
         require(self.retrieval in ("adaptive", "always", "never"),
@@ -144,6 +148,10 @@ class PairsConfig:
     min_agreement: float | None = option(
         "keep only questions whose winning letter holds at least this share of the votes cast, in [0, 1] (e.g. "
         "0.5); None: every question with a winner, as in the paper", None)
+    translate: bool = option(
+        "when no response in a language agrees with the winner, the generator's translation of an agreeing response "
+        "from another language is the chosen (the paper); false skips that language for the question (every pair "
+        "is then on-policy, and the pairs stage needs no generator)", True)
 
     def __post_init__(self) -> None:
         require(self.min_agreement is None or 0 <= self.min_agreement <= 1,
@@ -245,6 +253,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(files=demo_files()))
     eval: EvalConfig = field(default_factory=EvalConfig)
     index_recipe: str | None = None  # built on first use when selfrag.index is missing
+
+    def __post_init__(self) -> None:
+        require(not (self.calm.vote == "weighted" and self.selfrag.retrieval == "never"
+                     and not self.selfrag.critique_zero_shot),
+                "calm.vote=weighted weighs each answer by its critique, but selfrag.critique_zero_shot=false scores "
+                "no zero-shot answer; set selfrag.critique_zero_shot: true, or calm.vote: majority")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

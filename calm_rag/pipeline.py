@@ -173,7 +173,7 @@ def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | 
             before(name, path)
         # one greedy answer per unit: a score can only choose among passages, so unretrieved answers get none
         rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
-                           retrieval=mode, gen_cfg=gen_cfg, generator=generator, critique_without_passage=gen_cfg.n > 1)
+                           retrieval=mode, gen_cfg=gen_cfg, generator=generator, critique_without_passage=gen_cfg.n > 1 and cfg.selfrag.critique_zero_shot)
         generator = rag.gen  # one load per model, every mode
         gens = sample_units(rag, units, path, gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=list(langs), meta={
@@ -259,7 +259,8 @@ class Run:
         train, _ = self.questions()
         if self.cfg.calm.reuse:
             self._adopt("generations.jsonl", train, self.cfg.generate.n, "sample")
-        rag = rag or make_selfrag(self.cfg, None if self.cfg.selfrag.retrieval == "never" else self.retriever())
+        rag = rag or make_selfrag(self.cfg, None if self.cfg.selfrag.retrieval == "never" else self.retriever(),
+                                  critique_without_passage=self.cfg.selfrag.critique_zero_shot)
         gens = sample_units(rag, train, self.dir / "generations.jsonl", self.cfg.generate.n)
         parsed = sum(g.letter is not None for g in gens)
         self._record("sample", started, units=len(train), generations=len(gens), parsed=parsed,
@@ -344,6 +345,7 @@ class Run:
         inputs, done = self._digest("generations.jsonl", "votes.jsonl"), self.manifest["stages"].get("pairs", {})
         if (done.get("inputs") == inputs and done.get("made") == self._digest("pairs.jsonl", "pairs_counts.json")
                 and done.get("min_agreement") == self.cfg.pairs.min_agreement
+                and done.get("translate", True) == self.cfg.pairs.translate
                 and done.get("signal", {}).get("vote") == self.cfg.calm.vote):
             log.info("pairs: %s is up to date (same samples, votes and settings); kept", self.dir / "pairs.jsonl")
             return json.loads((self.dir / "pairs_counts.json").read_text(encoding="utf-8"))
@@ -354,7 +356,7 @@ class Run:
                               f"{self.dir} --vote {self.cfg.calm.vote}")
         gens = _canonical_order(list(read_jsonl(gens_path, Generation)), self.cfg.calm.languages)
         votes = {v.question_id: v for v in read_jsonl(votes_path, Vote)}
-        if translate is None:
+        if translate is None and self.cfg.pairs.translate:
             from calm_rag.translate import Translator
 
             translate = Translator(lambda: load_run_generator(self.cfg), cache=self.dir / "translations.jsonl")
@@ -372,7 +374,8 @@ class Run:
         self._record("pairs", started, inputs=inputs, made=self._digest("pairs.jsonl", "pairs_counts.json"),
                      pairs=len(pairs),
                      per_lang={k: v["pairs"] for k, v in counts.items()},
-                     no_winner=report.no_winner, min_agreement=min_agreement, questions_kept=report.kept,
+                     no_winner=report.no_winner, min_agreement=min_agreement, translate=self.cfg.pairs.translate,
+                     questions_kept=report.kept,
                      below_agreement=report.below_agreement, translated=report.translated(),
                      translated_share=round(report.translated_share(), 4),
                      translated_per_lang={k: v["from_translation"] for k, v in counts.items()},

@@ -5,7 +5,7 @@
 
 Writes the fp16 LoRA weights, an adapter_config.json naming the base generator by its packaged name, and
 calm_rag_adapter.json with the run's config and its evaluation (the set-level metrics of each evaluated row and
-the CALM - base deltas of the results report). Refuses a folder over 5 MB: the package must stay small.
+the CALM - base deltas of the results report; null before the run is evaluated). Refuses a folder over 5 MB: the package must stay small.
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a finished run folder (train/adapter, manifest.json)")
     p.add_argument("--name", required=True, help="the packaged name, e.g. calm-xcsqa-6lang")
-    p.add_argument("--metrics", required=True, help="the run's results JSON (scripts/results_report.py)")
+    p.add_argument("--metrics", help="the run's results JSON (scripts/results_report.py); without it the sidecar "
+                   "says the adapter is not evaluated yet (ship again with --metrics once it is)")
     p.add_argument("--into", default=str(PACKAGED_ADAPTERS_DIR), help="the package's adapters folder")
     args = p.parse_args(argv)
     run = Path(args.run)
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
-    results = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
-    evaluation = {name: {"consistency": r["consistency"], "mean_accuracy": EvalReport.from_dict(r).mean_accuracy,
-                         "vote_accuracy": r["vote_accuracy"], "accuracy": r["accuracy"], "n_questions": r["n_questions"]}
-                  for name, r in results["reports"].items()}
-    deltas = {k: v["metrics"] for k, v in results["deltas"].items() if k.startswith("calm-") and "vs base-" in k}
+    evaluation, deltas = None, None  # not evaluated yet
+    if args.metrics:
+        results = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+        evaluation = {name: {"consistency": r["consistency"], "mean_accuracy": EvalReport.from_dict(r).mean_accuracy,
+                             "vote_accuracy": r["vote_accuracy"], "accuracy": r["accuracy"],
+                             "n_questions": r["n_questions"]} for name, r in results["reports"].items()}
+        deltas = {k: v["metrics"] for k, v in results["deltas"].items() if k.startswith("calm-") and "vs base-" in k}
     out = export_adapter(run / "train" / "adapter", Path(args.into) / args.name, manifest["config"]["model"]["generator"],
                          run=run.name, config=manifest["config"], evaluation=evaluation, deltas=deltas,
                          versions=manifest.get("versions", {}))

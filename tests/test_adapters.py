@@ -119,6 +119,10 @@ def test_ship_adapter_writes_the_run_into_the_package_and_refuses_oversize(shipp
     assert sidecar["evaluation"]["calm-never"]["consistency"] == 0.75
     assert list(sidecar["deltas"]) == ["calm-never vs base-never"]  # CALM - base only
     assert generator_for(None, "calm-tiny", "x") == str(tiny_lm_dir.resolve())
+    # before its evaluation: shipped with the sidecar saying so; shipping again with --metrics fills it in
+    assert ship.main([str(run), "--name", "calm-early", "--into", str(shipped)]) == 0
+    early = json.loads((shipped / "calm-early" / "calm_rag_adapter.json").read_text())
+    assert early["evaluation"] is None and early["deltas"] is None and early["config"] == config
     ship.LIMIT = 1024  # a folder over the limit is refused and removed
     assert ship.main([str(run), "--name", "calm-big", "--metrics", str(metrics), "--into", str(shipped)]) == 2
     assert not (shipped / "calm-big").exists()

@@ -611,3 +611,43 @@ def test_sweep_never_chooses_an_arm_that_collapsed_to_bare_letters():
     assert choose(result) == "lr3e-4"
     result["arms"] = {"lr3e-4": {"val": val(0.472, 0.462, 9.0)}}
     assert choose(result) is None  # nothing eligible: no winner rather than a collapsed one
+
+
+def test_lean_zero_shot_run_skips_the_critique_and_the_translations(tmp_path, tiny_lm_dir, tiny_embedder_path,
+                                                                     index_dir, monkeypatch):
+    """selfrag.critique_zero_shot=false asks no utility question while sampling; pairs.translate=false makes no
+    Translator and leaves every chosen a sampled completion; turning translation back on remakes the pairs."""
+    from calm_rag.translate import Translator
+
+    lean = {"selfrag": {"retrieval": "never", "critique_zero_shot": False}, "pairs": {"translate": False}}
+    run = Run(tmp_path / "run", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, **lean))
+    gens = run.sample()
+    assert gens and all(g.critique.use is None for g in gens)
+    run.vote()
+
+    def no_translator(*args, **kwargs):
+        raise AssertionError("a Translator was made")
+
+    monkeypatch.setattr(Translator, "__init__", no_translator)
+    run.pairs()
+    pairs = list(read_jsonl(run.dir / "pairs.jsonl"))
+    texts = {(g.question_id, g.lang, g.text) for g in gens}
+    assert all((p["question_id"], p["lang"], p["chosen"]) in texts and p["chosen_source"] != "translation"
+               for p in pairs)
+    record = run.manifest["stages"]["pairs"]
+    assert record["translate"] is False and record["translated"] == 0
+    made = (run.dir / "pairs.jsonl").stat().st_ino
+    monkeypatch.undo()
+    again = Run(tmp_path / "run", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir,
+                                       selfrag=lean["selfrag"], pairs={"translate": True}))
+    again.pairs(translate=lambda text, src, tgt: text)
+    assert again.manifest["stages"]["pairs"]["translate"] is True
+    assert (again.dir / "pairs.jsonl").stat().st_ino != made
+
+
+def test_weighted_vote_without_zero_shot_critique_is_a_config_error(tiny_lm_dir, tiny_embedder_path, index_dir):
+    from calm_rag.config import ConfigError
+
+    with pytest.raises(ConfigError, match="critique_zero_shot"):
+        _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"vote": "weighted"},
+             selfrag={"retrieval": "never", "critique_zero_shot": False})
