@@ -173,7 +173,8 @@ def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | 
             before(name, path)
         # one greedy answer per unit: a score can only choose among passages, so unretrieved answers get none
         rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
-                           retrieval=mode, gen_cfg=gen_cfg, generator=generator, critique_without_passage=gen_cfg.n > 1 and cfg.selfrag.critique_zero_shot)
+                           retrieval=mode, gen_cfg=gen_cfg, generator=generator,
+                           critique_without_passage=gen_cfg.n > 1 and cfg.selfrag.critique_zero_shot)
         generator = rag.gen  # one load per model, every mode
         gens = sample_units(rag, units, path, gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=list(langs), meta={

@@ -5,7 +5,8 @@
 
 Writes the fp16 LoRA weights, an adapter_config.json naming the base generator by its packaged name, and
 calm_rag_adapter.json with the run's config and its evaluation (the set-level metrics of each evaluated row and
-the CALM - base deltas of the results report; null before the run is evaluated). Refuses a folder over 5 MB: the package must stay small.
+the CALM - base deltas of the results report; null before the run is evaluated) and the DPO step it was saved at.
+Refuses a folder over 5 MB: the package must stay small.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="the packaged name, e.g. calm-xcsqa-6lang")
     p.add_argument("--metrics", help="the run's results JSON (scripts/results_report.py); without it the sidecar "
                    "says the adapter is not evaluated yet (ship again with --metrics once it is)")
+    p.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="ship the DPO checkpoint saved at this step (train/checkpoints/checkpoint-STEP) instead of the "
+                        "finished adapter, for a training the session cut short; the sidecar records the step")
     p.add_argument("--into", default=str(PACKAGED_ADAPTERS_DIR), help="the package's adapters folder")
     args = p.parse_args(argv)
     run = Path(args.run)
@@ -42,8 +46,17 @@ def main(argv: list[str] | None = None) -> int:
                              "vote_accuracy": r["vote_accuracy"], "accuracy": r["accuracy"],
                              "n_questions": r["n_questions"]} for name, r in results["reports"].items()}
         deltas = {k: v["metrics"] for k, v in results["deltas"].items() if k.startswith("calm-") and "vs base-" in k}
-    out = export_adapter(run / "train" / "adapter", Path(args.into) / args.name, manifest["config"]["model"]["generator"],
-                         run=run.name, config=manifest["config"], evaluation=evaluation, deltas=deltas,
+    src, steps = run / "train" / "adapter", manifest.get("stages", {}).get("train", {}).get("steps")
+    if args.checkpoint is not None:
+        src, steps = run / "train" / "checkpoints" / f"checkpoint-{args.checkpoint}", args.checkpoint
+    if steps is None and (src / "calm_rag_adapter.json").is_file():  # a run folder restored from a shipped adapter
+        steps = json.loads((src / "calm_rag_adapter.json").read_text(encoding="utf-8")).get("steps")
+    if not (src / "adapter_model.safetensors").is_file():
+        print(f"ship_adapter: error: {src} holds no adapter_model.safetensors; finish the run's train stage, or name "
+              f"a saved step with --checkpoint", file=sys.stderr)
+        return 2
+    out = export_adapter(src, Path(args.into) / args.name, manifest["config"]["model"]["generator"],
+                         run=run.name, config=manifest["config"], steps=steps, evaluation=evaluation, deltas=deltas,
                          versions=manifest.get("versions", {}))
     size = sum(f.stat().st_size for f in out.iterdir())
     if size > LIMIT:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import pytest
 
@@ -123,6 +125,73 @@ def test_ship_adapter_writes_the_run_into_the_package_and_refuses_oversize(shipp
     assert ship.main([str(run), "--name", "calm-early", "--into", str(shipped)]) == 0
     early = json.loads((shipped / "calm-early" / "calm_rag_adapter.json").read_text())
     assert early["evaluation"] is None and early["deltas"] is None and early["config"] == config
+    # a training cut short: a saved checkpoint ships, and the sidecar says at which step
+    import torch
+    from safetensors.torch import load_file
+
+    random_lora(tiny_lm_dir, run / "train" / "checkpoints" / "checkpoint-20", targets=("q_proj", "v_proj"), r=2, seed=7)
+    assert ship.main([str(run), "--name", "calm-cut", "--checkpoint", "20", "--into", str(shipped)]) == 0
+    assert json.loads((shipped / "calm-cut" / "calm_rag_adapter.json").read_text())["steps"] == 20
+    assert (load_file(str(shipped / "calm-cut" / "adapter_model.safetensors")).keys()
+            == load_file(str(run / "train" / "checkpoints" / "checkpoint-20" / "adapter_model.safetensors")).keys())
+    assert not any(torch.equal(a, load_file(str(shipped / "calm-early" / "adapter_model.safetensors"))[k])
+                   for k, a in load_file(str(shipped / "calm-cut" / "adapter_model.safetensors")).items())
+    # a run folder restored from the shipped adapter (its manifest has no train stage) ships it again with its step
+    restored = tmp_path / "restored" / "calm-tiny"
+    shutil.copytree(shipped / "calm-cut", restored / "train" / "adapter")
+    shutil.copy(run / "manifest.json", restored / "manifest.json")
+    assert ship.main([str(restored), "--name", "calm-again", "--metrics", str(metrics), "--into", str(shipped)]) == 0
+    again = json.loads((shipped / "calm-again" / "calm_rag_adapter.json").read_text())
+    assert again["steps"] == 20 and again["evaluation"]["calm-never"]["consistency"] == 0.75
+    assert ship.main([str(run), "--name", "calm-none", "--checkpoint", "25", "--into", str(shipped)]) == 2
+    assert not (shipped / "calm-none").exists()
     ship.LIMIT = 1024  # a folder over the limit is refused and removed
     assert ship.main([str(run), "--name", "calm-big", "--metrics", str(metrics), "--into", str(shipped)]) == 2
     assert not (shipped / "calm-big").exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_calm_model_runs_on_its_own_base(capsys, tmp_path):
+    """calm-xcsqa-6lang, the project's CALM model, as it ships: fp16 LoRA under 5 MB trained by the 6-language
+    recipe; `calm eval --adapter calm-xcsqa-6lang` picks the 1.5B base from the adapter's config (no --model),
+    prints the set-level metrics as top-level JSON keys, and the adapter changes what the base model predicts."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from calm_rag.cli import main
+    from calm_rag.config_files import load_run_config
+    from calm_rag.generate import load_generator
+
+    repo = Path(__file__).resolve().parent.parent
+    folder = adapters.packaged_adapters()["calm-xcsqa-6lang"]
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 5 * 2**20
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    acfg = json.loads((folder / "adapter_config.json").read_text())
+    recipe = load_run_config(repo / "scripts" / "runs" / "calm-xcsqa-6lang.yaml")
+    assert (acfg["r"], sorted(acfg["target_modules"])) == (recipe.train.lora_r, sorted(recipe.train.lora_targets.split(",")))
+    sidecar = json.loads((folder / "calm_rag_adapter.json").read_text())
+    assert sidecar["generator"] == "qwen2.5-coder-1.5b-instruct" and sidecar["run"] == "calm-xcsqa-6lang"
+    assert sidecar["config"]["train"]["max_steps"] == recipe.train.max_steps and 1 <= sidecar["steps"] <= recipe.train.max_steps
+    assert sidecar["config"]["generate"]["n"] == recipe.generate.n
+
+    data = repo / "tests" / "data" / "qa" / "xcsr_dev.jsonl"
+    code = main(["calm", "eval", "--data", str(data), "--adapter", "calm-xcsqa-6lang", "--retrieval", "never",
+                 "--max-questions", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "ev"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    report = result["reports"]["calm-never"]
+    assert report["meta"]["model"] == "qwen2.5-coder-1.5b-instruct" and "calm-xcsqa-6lang" in str(report["meta"]["adapter"])
+    assert result["consistency"] == report["consistency"]
+    assert result["mean_accuracy"] == pytest.approx(sum(report["accuracy"].values()) / len(report["accuracy"]))
+
+    prompt = ["Question: Where would you put a plate after washing it?\nA. cupboard\nB. table\nC. sink\nAnswer:"]
+    letters = [" A", " B", " C"]  # after "Answer:" the model writes a space first; these carry the mass
+    base = load_generator("qwen2.5-coder-1.5b-instruct", backend="llama.cpp").next_token_probs(prompt, letters)[0]
+    calm = load_generator("qwen2.5-coder-1.5b-instruct", backend="llama.cpp",
+                          adapter="calm-xcsqa-6lang").next_token_probs(prompt, letters)[0]
+    assert sum(base.values()) > 0.5  # a prompt where the letters are what the model predicts
+    # the LoRA is applied, not dropped (measured: 0.038 nats at most, the step-15 adapter)
+    assert max(abs(math.log(base[k]) - math.log(calm[k])) for k in letters) > 0.005
