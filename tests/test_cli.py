@@ -297,5 +297,6 @@ def test_package_data_ships_the_demo_corpus_and_questions():
     shipped = {p for pattern in patterns for p in (repo / "calm_rag").glob(pattern)}
     data = {p for p in (repo / "calm_rag" / "data").rglob("*") if p.is_file()}
     assert data and shipped == data
-    assert {p.parent.name for p in data} == {"demo", "demo_questions"}
+    # the demo corpus and questions, and packaged adapters (calm_rag/data/adapters/<name>/)
+    assert {p.relative_to(repo / "calm_rag" / "data").parts[0] for p in data} == {"demo", "demo_questions", "adapters"}
     assert demo_recipe("x") == dataclasses.replace(load_recipe("demo"), output=Path("x"))
