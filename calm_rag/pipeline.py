@@ -145,7 +145,8 @@ def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieva
 
     gen = generator or load_run_generator(cfg, adapter or cfg.model.adapter)
     scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
-    return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate, critique_without_passage=critique_without_passage)
+    return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate,
+                   critique_without_passage=critique_without_passage and scfg.critique_zero_shot)
 
 
 def eval_generate_config(cfg: RunConfig) -> GenerateConfig:
@@ -174,7 +175,7 @@ def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | 
         # one greedy answer per unit: a score can only choose among passages, so unretrieved answers get none
         rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
                            retrieval=mode, gen_cfg=gen_cfg, generator=generator,
-                           critique_without_passage=gen_cfg.n > 1 and cfg.selfrag.critique_zero_shot)
+                           critique_without_passage=gen_cfg.n > 1)
         generator = rag.gen  # one load per model, every mode
         gens = sample_units(rag, units, path, gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=list(langs), meta={
@@ -260,8 +261,7 @@ class Run:
         train, _ = self.questions()
         if self.cfg.calm.reuse:
             self._adopt("generations.jsonl", train, self.cfg.generate.n, "sample")
-        rag = rag or make_selfrag(self.cfg, None if self.cfg.selfrag.retrieval == "never" else self.retriever(),
-                                  critique_without_passage=self.cfg.selfrag.critique_zero_shot)
+        rag = rag or make_selfrag(self.cfg, None if self.cfg.selfrag.retrieval == "never" else self.retriever())
         gens = sample_units(rag, train, self.dir / "generations.jsonl", self.cfg.generate.n)
         parsed = sum(g.letter is not None for g in gens)
         self._record("sample", started, units=len(train), generations=len(gens), parsed=parsed,
