@@ -18,9 +18,11 @@ from pathlib import Path
 
 from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
                                table_metrics)
+from calm_rag.adapters import SIDECAR
 from calm_rag.config_files import load_run_config
 from calm_rag.pipeline import Run
 from calm_rag.records import Generation, Vote, atomic_file, atomic_write_text, read_jsonl
+from calm_rag.vote import sample_accuracy
 
 # (before, after, what the change measures)
 COMPARISONS = [("base-always", "calm-always", "CALM - base, retrieval always"),
@@ -111,14 +113,50 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
     return "\n".join(rows) + "\n"
 
 
-def training_signal(folder: Path, train_qs) -> dict[str, int]:
-    """How often the cross-lingual vote and the training samples were right: CALM learns from the vote."""
+def training_signal(folder: Path, train_qs, stages: dict) -> dict:
+    """How often the cross-lingual vote and the training samples were right: CALM learns from the vote.
+
+    Counted from the folder's votes and samples; a folder restored from its manifest and shipped
+    adapter (the samples did not outlive their session) gives the signal `calm pairs` recorded.
+    """
     gold = {q.id: q.gold for q in train_qs}
+    if not (folder / "votes.jsonl").is_file() or not (folder / "generations.jsonl").is_file():
+        recorded = stages.get("pairs", {}).get("signal")
+        if recorded is None:
+            raise SystemExit(f"{folder}: no votes.jsonl/generations.jsonl and no training signal recorded in "
+                             f"manifest.json; run the vote and pairs stages (calm-rag calm run CONFIG --run {folder})")
+        return {"votes": recorded["with_gold"], "votes_right": recorded["vote_right"],
+                "vote_ties": stages.get("vote", {}).get("n_ties"), "samples": stages.get("sample", {}).get("generations"),
+                "samples_right": None, "sample_accuracy": recorded["sample_accuracy"], "source": "manifest"}
     votes = list(read_jsonl(folder / "votes.jsonl", Vote))
     samples = list(read_jsonl(folder / "generations.jsonl", Generation))
     return {"votes": len(votes), "votes_right": sum(v.winner == gold[v.question_id] for v in votes),
             "vote_ties": sum(v.tie for v in votes), "samples": len(samples),
-            "samples_right": sum(g.letter == gold[g.question_id] for g in samples)}
+            "samples_right": sum(g.letter == gold[g.question_id] for g in samples),
+            "sample_accuracy": sample_accuracy(samples, gold), "source": "run folder"}
+
+
+def signal_text(signal: dict) -> str:
+    """One sentence of the report: the vote's and the samples' accuracy on the training questions."""
+    per_lang = ", ".join(f"{lang} {100 * acc:.1f} %" for lang, acc in signal["sample_accuracy"].items())
+    samples = (f"{signal['samples_right']} of {signal['samples']} training samples were right ({per_lang})"
+               if signal["samples_right"] is not None else
+               f"training samples right per language: {per_lang} (of {signal['samples']} samples; recorded in "
+               f"the manifest by `calm pairs`, the samples themselves are not in this folder)")
+    return (f"Training signal: the cross-lingual vote matched the gold answer for {signal['votes_right']} of "
+            f"{signal['votes']} training questions ({signal['vote_ties']} of the votes were ties); {samples}.")
+
+
+def dpo_steps(folder: Path, stages: dict, max_steps: int | None) -> str:
+    """The DPO steps behind the evaluated adapter: the train stage's record, else the adapter's sidecar
+    (a checkpoint shipped before its schedule ended and restored into the folder)."""
+    if "train" in stages:
+        return str(stages["train"].get("steps", "–"))
+    sidecar = folder / "train" / "adapter" / SIDECAR
+    steps = json.loads(sidecar.read_text()).get("steps") if sidecar.is_file() else None
+    if steps is None:
+        return "–"
+    return f"{steps} (the checkpoint of a {max_steps}-step schedule, named by the adapter's {SIDECAR})"
 
 
 def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
@@ -139,7 +177,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
                                                       seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
     stages = manifest["stages"]
-    signal = training_signal(folder, train_qs)
+    signal = training_signal(folder, train_qs, stages)
     name = folder.name
     plot_reports(reports, out / f"{name}.png", title=f"{name}: accuracy per language, vote accuracy, consistency")
     md = [f"### {name}", "",
@@ -148,16 +186,14 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
           f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
           f"{config['generate']['max_new_tokens']} new tokens, {retrieval_text(config['selfrag'])}; "
-          f"{stages.get('train', {}).get('steps', '–')} DPO steps. Seeds: sampling {config['generate']['seed']}, "
+          f"{dpo_steps(folder, stages, config['train'].get('max_steps'))} DPO steps. Seeds: sampling {config['generate']['seed']}, "
           f"training {config['train']['seed']}, split {config['data']['split_seed']}"
           f"{' (split file ' + Path(config['data']['split']).name + ')' if config['data'].get('split') else ''}, "
           f"bootstrap {seed} ({n_boot} resamples over eval questions).", "",
           "Pairs per language: " + ", ".join(f"{k} {v}" for k, v in stages.get("pairs", {}).get("per_lang", {}).items())
           + f" (total {stages.get('pairs', {}).get('pairs', '–')}). Stage wall times (s): "
           + ", ".join(f"{k} {v['seconds']}" for k, v in stages.items()) + ".", "",
-          f"Training signal: the cross-lingual vote matched the gold answer for {signal['votes_right']} of "
-          f"{signal['votes']} training questions ({signal['vote_ties']} of the votes were ties); "
-          f"{signal['samples_right']} of {signal['samples']} training samples were right.", "",
+          signal_text(signal), "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
     for before, after, label, d in deltas:
         md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]

@@ -258,6 +258,38 @@ def _check_results_report(run_dir, out):
     assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table([out / "old.json"])
     module.ablation_plot([out / f"{run_dir.name}.json", out / "old.json"], out / "ablation.png")
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    _check_restored_report(run_dir, out.parent / "restored", metrics)
+
+
+def _check_restored_report(run_dir, tmp, full):
+    """A folder restored from its manifest, its evaluation and its shipped adapter (the samples, votes and
+    pairs are gone, and DPO stopped before its train stage was recorded) still gets its report: the training
+    signal from the manifest, the steps from the adapter's sidecar."""
+    import shutil
+
+    from calm_rag import report as module
+
+    folder = tmp / run_dir.name
+    shutil.copytree(run_dir / "eval", folder / "eval")
+    shutil.copytree(run_dir / "train" / "adapter", folder / "train" / "adapter")
+    for name in ("questions.jsonl", "split.json"):
+        shutil.copy(run_dir / name, folder / name)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["stages"]["train"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    sidecar = folder / "train" / "adapter" / "calm_rag_adapter.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "steps": 7}))
+    text = module.run_section(folder, tmp / "out", n_boot=50, seed=0)
+    signal = json.loads((tmp / "out" / f"{run_dir.name}.json").read_text())["training_signal"]
+    assert signal["source"] == "manifest" and signal["samples_right"] is None
+    for key in ("votes", "votes_right", "vote_ties", "samples", "sample_accuracy"):
+        assert signal[key] == full["training_signal"][key], key
+    assert f"7 (the checkpoint of a {manifest['config']['train']['max_steps']}-step schedule" in text
+    assert f"for {signal['votes_right']} of 3 training questions" in text
+    manifest["stages"]["pairs"].pop("signal")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=r"no votes\.jsonl/generations\.jsonl and no training signal recorded"):
+        module.run_section(folder, tmp / "out", n_boot=50, seed=0)
 
 
 @pytest.mark.parametrize("backend", ["llama.cpp", "transformers"])
