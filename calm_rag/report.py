@@ -159,6 +159,28 @@ def dpo_steps(folder: Path, stages: dict, max_steps: int | None) -> str:
     return f"{steps} (the checkpoint of a {max_steps}-step schedule, named by the adapter's {SIDECAR})"
 
 
+def answer_changes(before: Sequence[Generation], after: Sequence[Generation], gold: dict) -> dict:
+    """How far the second model's answers moved from the first's, unit by unit: letters changed, the
+    right answers lost and won, and the mean answer length (a DPO adapter that barely moved the model
+    changes few letters; one that collapsed to bare letters shortens its answers)."""
+    old = {(g.question_id, g.lang, g.sample): g for g in before}
+    both = [(old[k], g) for g in after if (k := (g.question_id, g.lang, g.sample)) in old]
+    return {"units": len(both), "changed": sum(b.letter != a.letter for b, a in both),
+            "right_to_wrong": sum(b.letter == gold.get(b.question_id) != a.letter for b, a in both),
+            "wrong_to_right": sum(b.letter != gold.get(b.question_id) == a.letter for b, a in both),
+            "chars_before": sum(len(b.text) for b, _ in both) / len(both) if both else None,
+            "chars_after": sum(len(a.text) for _, a in both) / len(both) if both else None}
+
+
+def changes_text(c: dict) -> str:
+    """One sentence under a comparison's table: what `answer_changes` counted."""
+    if not c["units"]:
+        return "No unit was answered by both models."
+    return (f"Answers that changed letter: {c['changed']} of {c['units']} units ({c['wrong_to_right']} wrong -> right, "
+            f"{c['right_to_wrong']} right -> wrong); mean answer length {c['chars_before']:.0f} -> "
+            f"{c['chars_after']:.0f} characters.")
+
+
 def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     manifest = json.loads((folder / "manifest.json").read_text())
     if "eval" not in manifest.get("stages", {}):
@@ -176,6 +198,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, metrics, n_boot=n_boot,
                                                       seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
+    changes = {f"{after} vs {before}": answer_changes(gens[before], gens[after], gold) for before, after, _, _ in deltas}
     stages = manifest["stages"]
     signal = training_signal(folder, train_qs, stages)
     name = folder.name
@@ -196,7 +219,8 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           signal_text(signal), "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
     for before, after, label, d in deltas:
-        md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d)]
+        md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d),
+               changes_text(changes[f"{after} vs {before}"]), ""]
     text = "\n".join(md)
     atomic_write_text(out / f"{name}.md", text)
     atomic_write_text(out / f"{name}.json", json.dumps({
@@ -204,7 +228,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
         "reports": {n: r.to_dict() for n, r in reports.items()},
         "deltas": {f"{after} vs {before}": {"label": label, "metrics": {m: list(v) for m, v in d.items()}}
                    for before, after, label, d in deltas},
-        "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
+        "changes": changes, "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
         # the graded letters, enough to recompute any metric or interval without the run folder
         "gold": gold,
         "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},

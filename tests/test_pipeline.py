@@ -237,6 +237,19 @@ def _check_results_report(run_dir, out):
                   for line in (run_dir / "questions.jsonl").read_text().splitlines()}
     votes = [json.loads(line) for line in (run_dir / "votes.jsonl").read_text().splitlines()]
     assert signal["votes_right"] == sum(v["winner"] == gold_train[v["question_id"]] for v in votes)
+    # how far CALM moved the base's answers, counted here from the generation files
+    def graded(name):
+        return {(g["question_id"], g["lang"], g["sample"]): g for g in
+                map(json.loads, (run_dir / "eval" / f"{name}.generations.jsonl").read_text().splitlines())}
+
+    before, after = graded("base-never"), graded("calm-never")
+    moved = metrics["changes"]["calm-never vs base-never"]
+    assert moved["units"] == len(before) == 6 and moved["changed"] == sum(
+        before[k]["letter"] != after[k]["letter"] for k in before)
+    assert moved["wrong_to_right"] == sum(before[k]["letter"] != metrics["gold"][k[0]] == after[k]["letter"]
+                                          for k in before)
+    assert moved["chars_after"] == pytest.approx(sum(len(g["text"]) for g in after.values()) / 6)
+    assert f"Answers that changed letter: {moved['changed']} of 6 units" in text
     # the stored letters reproduce the stored report
     from calm_rag.evaluate import evaluate_generations
     from calm_rag.records import Generation
@@ -683,3 +696,19 @@ def test_weighted_vote_without_zero_shot_critique_is_a_config_error(tiny_lm_dir,
     with pytest.raises(ConfigError, match="critique_zero_shot"):
         _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, calm={"vote": "weighted"},
              selfrag={"retrieval": "never", "critique_zero_shot": False})
+
+
+def test_answer_changes_hand_worked():
+    """Letters changed, right answers lost and won, and the mean length, on four units worked by hand."""
+    from calm_rag.records import Generation
+    from calm_rag.report import answer_changes
+
+    gold = {"q1": "A", "q2": "B"}
+    before = [Generation("q1", "en", 0, "A because", "A"), Generation("q1", "zh", 0, "B", "B"),
+              Generation("q2", "en", 0, "B!", "B"), Generation("q2", "zh", 0, "", None)]
+    after = [Generation("q1", "en", 0, "C", "C"), Generation("q1", "zh", 0, "A is it", "A"),
+             Generation("q2", "en", 0, "C", "C"), Generation("q2", "zh", 0, "D", "D"),
+             Generation("q3", "en", 0, "never answered by the base", "A")]
+    assert answer_changes(before, after, gold) == {
+        "units": 4, "changed": 4, "right_to_wrong": 2, "wrong_to_right": 1,
+        "chars_before": (9 + 1 + 2 + 0) / 4, "chars_after": (1 + 7 + 1 + 1) / 4}
