@@ -151,12 +151,12 @@ def dpo_steps(folder: Path, stages: dict, max_steps: int | None) -> str:
     """The DPO steps behind the evaluated adapter: the train stage's record, else the adapter's sidecar
     (a checkpoint shipped before its schedule ended and restored into the folder)."""
     if "train" in stages:
-        return str(stages["train"].get("steps", "–"))
+        return f"{stages['train'].get('steps', '–')} DPO steps"
     sidecar = folder / "train" / "adapter" / SIDECAR
     steps = json.loads(sidecar.read_text()).get("steps") if sidecar.is_file() else None
     if steps is None:
-        return "–"
-    return f"{steps} (the checkpoint of a {max_steps}-step schedule, named by the adapter's {SIDECAR})"
+        return "– DPO steps"
+    return f"{steps} DPO steps (the checkpoint of a {max_steps}-step schedule, named by the adapter's {SIDECAR})"
 
 
 def answer_changes(before: Sequence[Generation], after: Sequence[Generation], gold: dict) -> dict:
@@ -209,7 +209,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           f"{len({q.id for q in train_qs})} training and {len(gold)} eval questions; "
           f"n={config['generate']['n']} samples at temperature {config['generate']['temperature']}, "
           f"{config['generate']['max_new_tokens']} new tokens, {retrieval_text(config['selfrag'])}; "
-          f"{dpo_steps(folder, stages, config['train'].get('max_steps'))} DPO steps. Seeds: sampling {config['generate']['seed']}, "
+          f"{dpo_steps(folder, stages, config['train'].get('max_steps'))}. Seeds: sampling {config['generate']['seed']}, "
           f"training {config['train']['seed']}, split {config['data']['split_seed']}"
           f"{' (split file ' + Path(config['data']['split']).name + ')' if config['data'].get('split') else ''}, "
           f"bootstrap {seed} ({n_boot} resamples over eval questions).", "",

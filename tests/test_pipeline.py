@@ -297,7 +297,7 @@ def _check_restored_report(run_dir, tmp, full):
     assert signal["source"] == "manifest" and signal["samples_right"] is None
     for key in ("votes", "votes_right", "vote_ties", "samples", "sample_accuracy"):
         assert signal[key] == full["training_signal"][key], key
-    assert f"7 (the checkpoint of a {manifest['config']['train']['max_steps']}-step schedule" in text
+    assert f"7 DPO steps (the checkpoint of a {manifest['config']['train']['max_steps']}-step schedule" in text
     assert f"for {signal['votes_right']} of 3 training questions" in text
     manifest["stages"]["pairs"].pop("signal")
     (folder / "manifest.json").write_text(json.dumps(manifest))
