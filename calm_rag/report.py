@@ -16,9 +16,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from calm_rag.adapters import SIDECAR
 from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
                                table_metrics)
-from calm_rag.adapters import SIDECAR
 from calm_rag.config_files import load_run_config
 from calm_rag.pipeline import Run
 from calm_rag.records import Generation, Vote, atomic_file, atomic_write_text, read_jsonl
