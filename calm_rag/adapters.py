@@ -61,15 +61,28 @@ def adapter_base(folder: str | Path) -> str | None:
     neither says)."""
     folder = Path(folder)
     for name, key in ((SIDECAR, "generator"), ("adapter_config.json", "base_model_name_or_path")):
-        path = folder / name
-        if path.is_file():
-            try:
-                value = json.loads(path.read_text(encoding="utf-8")).get(key)
-            except (OSError, ValueError, AttributeError) as exc:
-                raise ModelError(f"{path}: not a readable JSON object ({exc}); the adapter folder is damaged") from exc
-            if value:
-                return model_identity(str(value))
+        value = _json_object(folder / name).get(key)
+        if value:
+            return model_identity(str(value))
     return None
+
+
+def sidecar_steps(folder: str | Path) -> int | None:
+    """The DPO step an adapter was saved at, as its sidecar records it (None: no sidecar, or no step)."""
+    return _json_object(Path(folder) / SIDECAR).get("steps")
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of an adapter folder; {} when it is absent, a one-line error when it is damaged."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable JSON object ({exc}); the adapter folder is damaged") from exc
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: not a readable JSON object (a {type(value).__name__}); the adapter folder is damaged")
+    return value
 
 
 def generator_for(model: str | None, adapter: str | None, default: str) -> str:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from calm_rag.adapters import SIDECAR
+from calm_rag.adapters import SIDECAR, sidecar_steps
 from calm_rag.evaluate import (EvalReport, bootstrap_deltas, load_report, markdown_delta, markdown_table, plot_reports,
                                table_metrics)
 from calm_rag.config_files import load_run_config
@@ -152,8 +152,7 @@ def dpo_steps(folder: Path, stages: dict, max_steps: int | None) -> str:
     (a checkpoint shipped before its schedule ended and restored into the folder)."""
     if "train" in stages:
         return f"{stages['train'].get('steps', '–')} DPO steps"
-    sidecar = folder / "train" / "adapter" / SIDECAR
-    steps = json.loads(sidecar.read_text()).get("steps") if sidecar.is_file() else None
+    steps = sidecar_steps(folder / "train" / "adapter")
     if steps is None:
         return "– DPO steps"
     return f"{steps} DPO steps (the checkpoint of a {max_steps}-step schedule, named by the adapter's {SIDECAR})"

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from calm_rag.adapters import PACKAGED_ADAPTERS_DIR, SIDECAR, export_adapter  # noqa: E402
+from calm_rag.adapters import PACKAGED_ADAPTERS_DIR, export_adapter, sidecar_steps  # noqa: E402
 from calm_rag.evaluate import EvalReport  # noqa: E402
 
 LIMIT = 5 * 1024 * 1024
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     src, steps = run / "train" / "adapter", manifest.get("stages", {}).get("train", {}).get("steps")
     if args.checkpoint is not None:
         src, steps = run / "train" / "checkpoints" / f"checkpoint-{args.checkpoint}", args.checkpoint
-    if steps is None and (src / SIDECAR).is_file():  # a run folder restored from a shipped adapter
-        steps = json.loads((src / SIDECAR).read_text(encoding="utf-8")).get("steps")
+    if steps is None:  # a run folder restored from a shipped adapter
+        steps = sidecar_steps(src)
     if not (src / "adapter_model.safetensors").is_file():
         print(f"ship_adapter: error: {src} holds no adapter_model.safetensors; finish the run's train stage, or name "
               f"a saved step with --checkpoint", file=sys.stderr)
