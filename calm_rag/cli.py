@@ -298,6 +298,8 @@ def cmd_calm_eval_files(args: argparse.Namespace) -> int:
 def cmd_calm(args: argparse.Namespace) -> int:
     if args.calm_command == "eval":
         if args.data:
+            if args.models:
+                raise ValueError("--models goes with --run: --data FILE... evaluates the model (and --adapter) given")
             return cmd_calm_eval_files(args)
         for flag in ("adapter", "split", "max_questions", "out"):
             if getattr(args, flag) is not None:
@@ -320,7 +322,7 @@ def cmd_calm(args: argparse.Namespace) -> int:
         result = run.train()
         print(f"adapter: {result.adapter_dir}")
     elif stage == "eval":
-        reports = run.evaluate()
+        reports = run.evaluate(which=tuple(dict.fromkeys(args.models or ("base", "calm"))))
         if args.json:
             print_reports_json(reports)
         else:
@@ -476,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(pairs.min_agreement; default: all, as in the paper; 0 keeps all again)")
         if stage == "eval":
             _add_eval_files_args(s)
+            s.add_argument("--models", nargs="+", choices=["base", "calm"],
+                           help="with --run: evaluate only these (default: base and calm); calm alone when the base "
+                                "was graded in an earlier folder (scripts/results_report.py --compare)")
         if stage in ("sample", "pairs", "eval", "run"):
             _add_backend_args(s, default=None)
         s.set_defaults(func=cmd_calm)

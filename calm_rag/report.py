@@ -240,3 +240,46 @@ def retrieval_text(selfrag: dict) -> str:
     if selfrag.get("retrieval") == "never" or not selfrag.get("index"):
         return "zero-shot (retrieval never)"
     return f"k={selfrag['top_k']} passages from `{Path(selfrag['index']).name}` (retrieval {selfrag['retrieval']})"
+
+
+# the settings two evaluations must share for their graded letters to be compared question by question
+SHARED_EVAL_SETTINGS = (("model", "generator"), ("model", "precision"), ("generate", "max_new_tokens"),
+                        ("selfrag", "critique"), ("selfrag", "complete_answer"), ("eval", "n"))
+
+
+def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_boot: int, seed: int) -> tuple[str, dict]:
+    """One model of one metrics JSON against one of another (`run_section`'s files), from their graded
+    letters alone: a run folder lasts one session here, so a model evaluated in a later session is
+    compared with a base graded in an earlier one. Both must hold the same eval questions and gold and
+    the settings in SHARED_EVAL_SETTINGS; answer lengths are not in the files, so they are not compared."""
+    loaded = []
+    for path, name in (before, after):
+        data = json.loads(Path(path).read_text())
+        if name not in data.get("answers", {}):
+            raise SystemExit(f"{path}: no graded letters for {name!r} (it has {sorted(data.get('answers', {}))}); "
+                             f"name one of those after the colon, e.g. {path}:base-never")
+        loaded.append(data)
+    (b, a), (bname, aname) = loaded, (before[1], after[1])
+    if b["gold"] != a["gold"]:
+        raise SystemExit(f"{before[0]} and {after[0]} graded different questions or gold letters; compare evaluations "
+                         f"of the same eval split (data.split, data.max_eval)")
+    differ = [".".join(key) for key in SHARED_EVAL_SETTINGS
+              if b["config"].get(key[0], {}).get(key[1]) != a["config"].get(key[0], {}).get(key[1])]
+    if differ:
+        raise SystemExit(f"{before[0]} and {after[0]} were evaluated with different {', '.join(differ)}; their letters "
+                         f"cannot be compared question by question")
+    gens = [[Generation(q, lang, sample, "", letter) for q, lang, sample, letter in d["answers"][n]]
+            for d, n in ((b, bname), (a, aname))]
+    reports = [EvalReport.from_dict(d["reports"][n], where=f"{p}:{n}") for d, n, p in ((b, bname, before[0]),
+                                                                                    (a, aname, after[0]))]
+    langs = list(reports[0].langs)
+    metrics = table_metrics(langs) + ["accuracy:" + "+".join(langs)]  # the last: mean accuracy, pooled over languages
+    deltas = bootstrap_deltas(gens[0], gens[1], b["gold"], metrics, n_boot=n_boot, seed=seed, langs=langs)
+    changes = {k: v for k, v in answer_changes(gens[0], gens[1], b["gold"]).items() if not k.startswith("chars")}
+    labels = [f"{b['run']}:{bname}", f"{a['run']}:{aname}"]
+    text = "\n".join([markdown_table(dict(zip(labels, reports))), f"{labels[1]} vs {labels[0]}:", "",
+                      markdown_delta(reports[0], reports[1], deltas),
+                      f"Answers that changed letter: {changes['changed']} of {changes['units']} units "
+                      f"({changes['wrong_to_right']} wrong -> right, {changes['right_to_wrong']} right -> wrong)."])
+    return text, {"before": labels[0], "after": labels[1], "metrics": {m: list(v) for m, v in deltas.items()},
+                  "changes": changes, "bootstrap": {"n_boot": n_boot, "seed": seed}}

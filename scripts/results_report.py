@@ -10,6 +10,8 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
     python scripts/results_report.py runs/* --out docs/results --n-boot 2000
     python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json \
         --plot docs/results/ablation.png
+    python scripts/results_report.py --compare docs/results/calm-xcsqa-6lang-step15.json:base-never \
+        docs/results/calm-xcsqa-6lang.json:calm-never --save docs/results/calm-xcsqa-6lang-vs-step15-base.json
 
 Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics, deltas and the graded letters; no prompts
 or models) and `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
@@ -18,13 +20,23 @@ or models) and `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from calm_rag.report import ablation_plot, ablation_table, run_section  # noqa: E402
+from calm_rag.report import ablation_plot, ablation_table, compare_metrics_files, run_section  # noqa: E402
+from calm_rag.records import atomic_write_text  # noqa: E402
+
+
+def model_in_file(spec: str) -> tuple[Path, str]:
+    """FILE.json:NAME -> (FILE.json, NAME)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise argparse.ArgumentTypeError(f"{spec!r}: give METRICS.json:MODEL, e.g. docs/results/run.json:base-never")
+    return Path(path), name
 
 
 def main() -> None:
@@ -35,10 +47,20 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="with --ablation: also a PNG of the changes and their intervals")
     ap.add_argument("--comparison", default="calm-always vs base-always",
                     help="with --ablation: the change compared, e.g. 'calm-never vs base-never' for zero-shot runs")
+    ap.add_argument("--compare", nargs=2, type=model_in_file, metavar="FILE.json:MODEL",
+                    help="instead: paired-bootstrap change from the first model to the second, from two metrics files' "
+                         "graded letters (a CALM model graded in a later session than its base)")
+    ap.add_argument("--save", type=Path, help="with --compare: also write the change as JSON here")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.compare:
+        text, data = compare_metrics_files(*args.compare, n_boot=args.n_boot, seed=args.seed)
+        print(text)
+        if args.save:
+            atomic_write_text(args.save, json.dumps(data, indent=2) + "\n")
+        return
     if args.ablation:
         print(ablation_table(args.ablation, args.comparison))
         if args.plot:

@@ -378,6 +378,13 @@ def test_negative_question_counts_on_the_command_line(capsys, tmp_path, flag):
     clean_error(code, err, f"data.{flag[2:].replace('-', '_')}=-1", f"{flag} N")
 
 
+def test_eval_models_goes_with_a_run_folder(capsys, tmp_path):
+    code, _, err = cli(capsys, "calm", "eval", "--data", QA_FILE, "--models", "calm",
+                       "--model", tmp_path / "no-such-model", "--out", tmp_path / "ev")
+    clean_error(code, err, "--models goes with --run")
+    assert not (tmp_path / "ev").exists()
+
+
 def test_eval_max_questions_negative(capsys, tmp_path):
     code, _, err = cli(capsys, "calm", "eval", "--data", QA_FILE, "--retrieval", "never", "--max-questions", "-1",
                        "--model", tmp_path / "no-such-model", "--out", tmp_path / "ev")

@@ -1,6 +1,7 @@
 """The calm-rag command, in process, on tiny models: every subcommand a user reaches first."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,13 @@ def test_calm_run_prints_the_signal_before_dpo_and_the_table_after(capsys, tmp_p
     assert data["consistency"] == data["reports"][data["run"]]["consistency"] and "mean_accuracy" in data
     code, _, err = _run(capsys, "calm", "sample", "--run", str(run), "-n", "2")  # sampling settings stay fixed
     assert code == 2 and "other generate settings" in err
+    # the CALM model alone, its base graded elsewhere (a run folder lasts one session): no base is generated
+    shutil.rmtree(run / "eval")
+    code, js, err = _run(capsys, "calm", "eval", "--run", str(run), "--models", "calm", "--retrieval", "never",
+                        "--json")
+    assert code == 0, err
+    assert set(json.loads(js)["reports"]) == {"calm-never"} and not (run / "eval" / "base-never.generations.jsonl").exists()
+    assert (run / "eval" / "calm-never.generations.jsonl").read_text().count("\n") == 2 * 2  # 2 questions x 2 languages
 
 
 def test_vv_shows_the_traceback_behind_an_error(capsys, tmp_path):

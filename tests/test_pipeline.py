@@ -712,3 +712,45 @@ def test_answer_changes_hand_worked():
     assert answer_changes(before, after, gold) == {
         "units": 4, "changed": 4, "right_to_wrong": 2, "wrong_to_right": 1,
         "chars_before": (9 + 1 + 2 + 0) / 4, "chars_after": (1 + 7 + 1 + 1) / 4}
+
+
+def _metrics_file(path, run, name, answers, gold, max_new_tokens=48):
+    """A metrics JSON as run_section writes it: config, reports and the graded letters of one model."""
+    from calm_rag.evaluate import evaluate_generations
+    from calm_rag.records import Generation
+
+    gens = [Generation(q, lang, 0, "", letter) for q, lang, letter in answers]
+    config = {"model": {"generator": "g", "precision": "q8_0"}, "generate": {"max_new_tokens": max_new_tokens},
+              "selfrag": {"critique": "auto", "complete_answer": True}, "eval": {"n": 1}}
+    path.write_text(json.dumps({"run": run, "config": config, "gold": gold,
+                                "reports": {name: evaluate_generations(gens, gold).to_dict()},
+                                "answers": {name: [[q, lang, 0, letter] for q, lang, letter in answers]}}))
+    return path
+
+
+def test_compare_metrics_files_hand_worked(tmp_path):
+    """A CALM model graded in one session against the base graded in another, from the two metrics files' letters:
+    the changes worked by hand (zh: 0/2 -> 2/2 right; both questions go from disagreeing to agreeing)."""
+    from calm_rag.report import compare_metrics_files
+
+    gold = {"q1": "A", "q2": "B"}
+    base = _metrics_file(tmp_path / "old.json", "old", "base-never",
+                         [("q1", "en", "A"), ("q1", "zh", "B"), ("q2", "en", "B"), ("q2", "zh", None)], gold)
+    calm = _metrics_file(tmp_path / "new.json", "new", "calm-never",
+                         [("q1", "en", "A"), ("q1", "zh", "A"), ("q2", "en", "B"), ("q2", "zh", "B")], gold)
+    text, data = compare_metrics_files((base, "base-never"), (calm, "calm-never"), n_boot=200, seed=0)
+    m = data["metrics"]
+    assert m["accuracy:en"][0] == 0.0 and m["accuracy:zh"][0] == pytest.approx(1.0)
+    assert m["consistency"][0] == pytest.approx(1.0) and m["accuracy:en+zh"][0] == pytest.approx(0.5)
+    assert data["changes"] == {"units": 4, "changed": 2, "right_to_wrong": 0, "wrong_to_right": 2}
+    assert (data["before"], data["after"]) == ("old:base-never", "new:calm-never")
+    assert "| new:calm-never |" in text and "2 wrong -> right" in text
+    with pytest.raises(SystemExit, match="no graded letters for 'calm-never'"):
+        compare_metrics_files((base, "base-never"), (base, "calm-never"), n_boot=10, seed=0)
+    other = _metrics_file(tmp_path / "other.json", "other", "calm-never", [("q1", "en", "A")], {"q1": "A"})
+    with pytest.raises(SystemExit, match="different questions or gold letters"):
+        compare_metrics_files((base, "base-never"), (other, "calm-never"), n_boot=10, seed=0)
+    longer = _metrics_file(tmp_path / "long.json", "long", "calm-never",
+                           [("q1", "en", "A"), ("q1", "zh", "A"), ("q2", "en", "B"), ("q2", "zh", "B")], gold, 64)
+    with pytest.raises(SystemExit, match="different generate.max_new_tokens"):
+        compare_metrics_files((base, "base-never"), (longer, "calm-never"), n_boot=10, seed=0)
