@@ -276,7 +276,7 @@ def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_b
     metrics = table_metrics(langs) + ["accuracy:" + "+".join(langs)]  # the last: mean accuracy, pooled over languages
     deltas = bootstrap_deltas(gens[0], gens[1], b["gold"], metrics, n_boot=n_boot, seed=seed, langs=langs)
     changes = {k: v for k, v in answer_changes(gens[0], gens[1], b["gold"]).items() if not k.startswith("chars")}
-    labels = [f"{b['run']}:{bname}", f"{a['run']}:{aname}"]
+    labels = [f"{Path(before[0]).stem}:{bname}", f"{Path(after[0]).stem}:{aname}"]  # one run may be in both files
     text = "\n".join([markdown_table(dict(zip(labels, reports))), f"{labels[1]} vs {labels[0]}:", "",
                       markdown_delta(reports[0], reports[1], deltas),
                       f"Answers that changed letter: {changes['changed']} of {changes['units']} units "
