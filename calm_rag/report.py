@@ -172,12 +172,14 @@ def answer_changes(before: Sequence[Generation], after: Sequence[Generation], go
 
 
 def changes_text(c: dict) -> str:
-    """One sentence under a comparison's table: what `answer_changes` counted."""
+    """One sentence under a comparison's table: what `answer_changes` counted (the lengths where it has them)."""
     if not c["units"]:
         return "No unit was answered by both models."
-    return (f"Answers that changed letter: {c['changed']} of {c['units']} units ({c['wrong_to_right']} wrong -> right, "
-            f"{c['right_to_wrong']} right -> wrong); mean answer length {c['chars_before']:.0f} -> "
-            f"{c['chars_after']:.0f} characters.")
+    text = (f"Answers that changed letter: {c['changed']} of {c['units']} units ({c['wrong_to_right']} wrong -> right, "
+            f"{c['right_to_wrong']} right -> wrong)")
+    if "chars_before" not in c:
+        return text + "."
+    return text + f"; mean answer length {c['chars_before']:.0f} -> {c['chars_after']:.0f} characters."
 
 
 def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
@@ -278,8 +280,6 @@ def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_b
     changes = {k: v for k, v in answer_changes(gens[0], gens[1], b["gold"]).items() if not k.startswith("chars")}
     labels = [f"{Path(before[0]).stem}:{bname}", f"{Path(after[0]).stem}:{aname}"]  # one run may be in both files
     text = "\n".join([markdown_table(dict(zip(labels, reports))), f"{labels[1]} vs {labels[0]}:", "",
-                      markdown_delta(reports[0], reports[1], deltas),
-                      f"Answers that changed letter: {changes['changed']} of {changes['units']} units "
-                      f"({changes['wrong_to_right']} wrong -> right, {changes['right_to_wrong']} right -> wrong)."])
+                      markdown_delta(reports[0], reports[1], deltas), changes_text(changes)])
     return text, {"before": labels[0], "after": labels[1], "metrics": {m: list(v) for m, v in deltas.items()},
                   "changes": changes, "bootstrap": {"n_boot": n_boot, "seed": seed}}
