@@ -43,9 +43,21 @@ def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> dict[str,
 ABLATION_COLUMNS = ("acc trained", "acc held out", "vote acc", "consistency")
 
 
-def ablation_deltas(path: Path, comparison: str) -> tuple[dict, dict[str, tuple[float, float | None, float | None]]]:
+def ablation_deltas(path: Path, comparison: str, base: tuple[Path, str] | None = None, n_boot: int = 1000,
+                    seed: int = 0) -> tuple[dict, dict[str, tuple[float, float | None, float | None]]]:
     """A metrics JSON and its CALM - base changes per ABLATION_COLUMNS: (delta, lo, hi), or (delta, None,
-    None) for a pooled accuracy without a stored bootstrap (a file written before they were added)."""
+    None) for a pooled accuracy without a stored bootstrap (a file written before they were added).
+
+    With `base` (METRICS.json, model): the arm's model (the first of `comparison`) against that model of
+    another file, bootstrapped here from both files' graded letters; for arms graded in other sessions
+    than the base they share (`calm eval --models calm`)."""
+    if base is not None:
+        (_, data), gens, reports = _paired_letters(base, (path, comparison.split(" vs ")[0]))
+        metrics = {**group_metrics(data["config"]["calm"]["languages"], reports[1].langs),
+                   "vote acc": "vote_accuracy", "consistency": "consistency"}
+        deltas = bootstrap_deltas(gens[0], gens[1], data["gold"], list(metrics.values()), n_boot=n_boot, seed=seed,
+                                  langs=list(reports[1].langs))
+        return data, {column: deltas[metric] for column, metric in metrics.items()}
     data = json.loads(path.read_text())
     if comparison not in data["deltas"]:
         raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
@@ -62,8 +74,10 @@ def ablation_deltas(path: Path, comparison: str) -> tuple[dict, dict[str, tuple[
     return data, out
 
 
-def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-always vs base-always") -> None:
-    """Changes with their 95 % intervals, one group of points per metric, one colour per run."""
+def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-always vs base-always",
+                  base: tuple[Path, str] | None = None) -> None:
+    """Changes with their 95 % intervals, one group of points per metric, one colour per run (`base`: as in
+    ablation_deltas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -71,7 +85,7 @@ def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-alw
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, file in enumerate(files):
-        data, deltas = ablation_deltas(file, comparison)
+        data, deltas = ablation_deltas(file, comparison, base)
         for j, column in enumerate(ABLATION_COLUMNS):
             if column in deltas:
                 d, lo, hi = deltas[column]
@@ -89,8 +103,10 @@ def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-alw
         fig.savefig(fh, format="png", dpi=120)
 
 
-def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always") -> str:
-    """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency.
+def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always",
+                   base: tuple[Path, str] | None = None) -> str:
+    """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency
+    (`base`: as in ablation_deltas).
 
     Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
     show the plain difference of the reports and no interval.
@@ -99,7 +115,7 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
             + " | ".join(f"Δ {c}" for c in ABLATION_COLUMNS) + " |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for path in files:
-        data, deltas = ablation_deltas(path, comparison)
+        data, deltas = ablation_deltas(path, comparison, base)
         cells = []
         for column in ABLATION_COLUMNS:
             d, lo, hi = deltas.get(column, (None, None, None))
@@ -249,11 +265,9 @@ SHARED_EVAL_SETTINGS = (("model", "generator"), ("model", "precision"), ("genera
                         ("selfrag", "critique"), ("selfrag", "complete_answer"), ("eval", "n"))
 
 
-def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_boot: int, seed: int) -> tuple[str, dict]:
-    """One model of one metrics JSON against one of another (`run_section`'s files), from their graded
-    letters alone: a run folder lasts one session here, so a model evaluated in a later session is
-    compared with a base graded in an earlier one. Both must hold the same eval questions and gold and
-    the settings in SHARED_EVAL_SETTINGS; answer lengths are not in the files, so they are not compared."""
+def _paired_letters(before: tuple[Path, str], after: tuple[Path, str]) -> tuple[list[dict], list[list], list]:
+    """Two models' metrics JSONs (`run_section`'s files), checked to hold the same eval questions, gold and
+    SHARED_EVAL_SETTINGS: (the two files' data, their graded letters as Generations, their EvalReports)."""
     loaded = []
     for path, name in (before, after):
         data = json.loads(Path(path).read_text())
@@ -274,6 +288,16 @@ def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_b
             for d, n in ((b, bname), (a, aname))]
     reports = [EvalReport.from_dict(d["reports"][n], where=f"{p}:{n}") for d, n, p in ((b, bname, before[0]),
                                                                                     (a, aname, after[0]))]
+    return loaded, gens, reports
+
+
+def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_boot: int, seed: int) -> tuple[str, dict]:
+    """One model of one metrics JSON against one of another (`run_section`'s files), from their graded
+    letters alone: a run folder lasts one session here, so a model evaluated in a later session is
+    compared with a base graded in an earlier one. Both must hold the same eval questions and gold and
+    the settings in SHARED_EVAL_SETTINGS; answer lengths are not in the files, so they are not compared."""
+    (b, _), gens, reports = _paired_letters(before, after)
+    bname, aname = before[1], after[1]
     langs = list(reports[0].langs)
     metrics = table_metrics(langs) + ["accuracy:" + "+".join(langs)]  # the last: mean accuracy, pooled over languages
     deltas = bootstrap_deltas(gens[0], gens[1], b["gold"], metrics, n_boot=n_boot, seed=seed, langs=langs)

@@ -10,6 +10,9 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
     python scripts/results_report.py runs/* --out docs/results --n-boot 2000
     python scripts/results_report.py --ablation docs/results/xcsqa-ablation-{2,3}.json docs/results/xcsqa-6lang.json \
         --plot docs/results/ablation.png
+    python scripts/results_report.py --ablation docs/results/calm-xcsqa-ablation-{2,3}.json \
+        docs/results/calm-xcsqa-6lang.json --comparison "calm-never vs base-never" \
+        --base docs/results/calm-xcsqa-6lang-step15.json:base-never --plot docs/results/calm-xcsqa-ablation.png
     python scripts/results_report.py --compare docs/results/calm-xcsqa-6lang-step15.json:base-never \
         docs/results/calm-xcsqa-6lang.json:calm-never --save docs/results/calm-xcsqa-6lang-vs-step15-base.json
 
@@ -47,6 +50,9 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="with --ablation: also a PNG of the changes and their intervals")
     ap.add_argument("--comparison", default="calm-always vs base-always",
                     help="with --ablation: the change compared, e.g. 'calm-never vs base-never' for zero-shot runs")
+    ap.add_argument("--base", type=model_in_file, metavar="FILE.json:MODEL",
+                    help="with --ablation: compare each arm's model (the first of --comparison) with this model of "
+                         "another metrics file, from the graded letters (arms graded with calm eval --models calm)")
     ap.add_argument("--compare", nargs=2, type=model_in_file, metavar="FILE.json:MODEL",
                     help="instead: paired-bootstrap change from the first model to the second, from two metrics files' "
                          "graded letters (a CALM model graded in a later session than its base)")
@@ -62,9 +68,9 @@ def main() -> None:
             atomic_write_text(args.save, json.dumps(data, indent=2) + "\n")
         return
     if args.ablation:
-        print(ablation_table(args.ablation, args.comparison))
+        print(ablation_table(args.ablation, args.comparison, args.base))
         if args.plot:
-            ablation_plot(args.ablation, args.plot, args.comparison)
+            ablation_plot(args.ablation, args.plot, args.comparison, args.base)
         return
     if not args.runs:
         ap.error("give run folders, or --ablation with metrics files")

@@ -754,3 +754,28 @@ def test_compare_metrics_files_hand_worked(tmp_path):
                            [("q1", "en", "A"), ("q1", "zh", "A"), ("q2", "en", "B"), ("q2", "zh", "B")], gold, 64)
     with pytest.raises(SystemExit, match="different generate.max_new_tokens"):
         compare_metrics_files((base, "base-never"), (longer, "calm-never"), n_boot=10, seed=0)
+
+
+def test_ablation_against_a_base_in_another_file(tmp_path):
+    """An ablation arm graded alone (`calm eval --models calm`) against the base of another metrics file: the
+    pooled trained / held-out accuracy, vote and consistency changes worked by hand (en, zh trained; fr held out)."""
+    from calm_rag.report import ablation_table
+
+    gold = {"q1": "A", "q2": "B"}
+    base = _metrics_file(tmp_path / "base.json", "six", "base-never",
+                         [("q1", "en", "A"), ("q1", "zh", "B"), ("q1", "fr", "B"),  # vote B (wrong), 1 of 3 pairs agree
+                          ("q2", "en", "B"), ("q2", "zh", None), ("q2", "fr", "B")], gold)  # vote B (right), 1 of 3
+    arm = _metrics_file(tmp_path / "arm.json", "arm-2", "calm-never",
+                        [("q1", "en", "A"), ("q1", "zh", "A"), ("q1", "fr", "A"),  # vote A (right), 3 of 3
+                         ("q2", "en", "B"), ("q2", "zh", "B"), ("q2", "fr", "C")], gold)  # vote B (right), 1 of 3
+    data = json.loads(arm.read_text())
+    data["config"]["calm"] = {"languages": ["en", "zh"]}
+    data["stages"] = {"pairs": {"pairs": 7}}
+    arm.write_text(json.dumps(data))
+    # trained en+zh: 2 of 4 -> 4 of 4 right; held out fr: 1 of 2 -> 1 of 2; vote 1 of 2 -> 2 of 2; consistency 1/3 -> 2/3
+    row = ablation_table([arm], "calm-never vs base-never", base=(base, "base-never")).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["arm-2", "en, zh", "–", "7"]
+    assert [c.split(" [")[0] for c in cells[4:]] == ["+50.0", "+0.0", "+50.0", "+33.3"]
+    with pytest.raises(SystemExit, match="no graded letters for 'calm-always'"):
+        ablation_table([arm], "calm-always vs base-always", base=(base, "base-never"))
