@@ -78,10 +78,20 @@ def _run_generating(session: ShellSession, line: str, console: Console) -> Rende
     worker = threading.Thread(target=work, name="calm-rag-answer", daemon=True)
     worker.start()
     cancelled = False
+
+    def cancel() -> None:
+        nonlocal cancelled
+        if not cancelled:
+            session.cancel()
+            cancelled = True
+            view.status = "cancelling"
+
+    # a Ctrl-C cancels wherever it lands (in the loop, in Live's own code as it opens or closes, while the
+    # worker is joined): the worker is never abandoned, and an answer that finished first is still printed
     try:
         with Live(view, console=console, transient=True, refresh_per_second=8):
             while True:
-                try:  # the loop test is inside: a Ctrl-C landing there must cancel too, not abandon the worker
+                try:
                     if not worker.is_alive() and events.empty():
                         break
                     try:
@@ -90,13 +100,16 @@ def _run_generating(session: ShellSession, line: str, console: Console) -> Rende
                     except queue.Empty:
                         pass
                 except KeyboardInterrupt:
-                    if not cancelled:
-                        session.cancel()
-                        cancelled = True
-                        view.status = "cancelling"
+                    cancel()
+    except KeyboardInterrupt:
+        cancel()
     finally:
         session.on_event = None
-    worker.join()
+    while worker.is_alive():
+        try:
+            worker.join(0.1)
+        except KeyboardInterrupt:
+            cancel()
     if "error" in result:
         raise result["error"]
     return result.get("out")

@@ -212,7 +212,9 @@ def test_shell_in_terminal(tiny_lm_dir, shell_index, tmp_path):
         command(":tokens 2", "at most 2 new tokens")
         assert "consistency:" in command(":xl", "vote:")
 
-        # Ctrl-C during generation cancels it and returns to the prompt
+        # Ctrl-C during generation cancels it and returns to the prompt: 8 passages x up to 4000 tokens keep the tiny
+        # model busy for ~10 s (1 passage ended in ~1 s, so a Ctrl-C sent 0.5 s in could land after the answer)
+        command(":k 8", r"k = 8 passages")
         command(":tokens 4000", "at most 4000")
         child.send("Tell me everything about the heart.\r")
         expect("generating", timeout=60)
