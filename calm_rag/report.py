@@ -43,6 +43,12 @@ def group_metrics(trained: Sequence[str], evaluated: Sequence[str]) -> dict[str,
 ABLATION_COLUMNS = ("acc trained", "acc held out", "vote acc", "consistency")
 
 
+def _ablation_metrics(data: dict, evaluated: Sequence[str]) -> dict[str, str]:
+    """ABLATION_COLUMNS -> the metric behind each, for a metrics JSON's trained languages."""
+    return {**group_metrics(data["config"]["calm"]["languages"], evaluated),
+            "vote acc": "vote_accuracy", "consistency": "consistency"}
+
+
 def ablation_deltas(path: Path, comparison: str, base: tuple[Path, str] | None = None, n_boot: int = 1000,
                     seed: int = 0) -> tuple[dict, dict[str, tuple[float, float | None, float | None]]]:
     """A metrics JSON and its CALM - base changes per ABLATION_COLUMNS: (delta, lo, hi), or (delta, None,
@@ -53,8 +59,7 @@ def ablation_deltas(path: Path, comparison: str, base: tuple[Path, str] | None =
     than the base they share (`calm eval --models calm`)."""
     if base is not None:
         (_, data), gens, reports = _paired_letters(base, (path, comparison.split(" vs ")[0]))
-        metrics = {**group_metrics(data["config"]["calm"]["languages"], reports[1].langs),
-                   "vote acc": "vote_accuracy", "consistency": "consistency"}
+        metrics = _ablation_metrics(data, reports[1].langs)
         deltas = bootstrap_deltas(gens[0], gens[1], data["gold"], list(metrics.values()), n_boot=n_boot, seed=seed,
                                   langs=list(reports[1].langs))
         return data, {column: deltas[metric] for column, metric in metrics.items()}
@@ -63,8 +68,7 @@ def ablation_deltas(path: Path, comparison: str, base: tuple[Path, str] | None =
         raise SystemExit(f"{path}: no '{comparison}' comparison; it has {sorted(data['deltas'])}")
     before, after = (EvalReport.from_dict(data["reports"][n], str(path)) for n in comparison.split(" vs ")[::-1])
     stored = data["deltas"][comparison]["metrics"]
-    metrics = {**group_metrics(data["config"]["calm"]["languages"], after.langs),
-               "vote acc": "vote_accuracy", "consistency": "consistency"}
+    metrics = _ablation_metrics(data, after.langs)
     out = {}
     for column, metric in metrics.items():
         if metric in stored:
