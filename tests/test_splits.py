@@ -64,7 +64,8 @@ RUNS = {"xcsqa-6lang": ("commonsense-lite", "xcsqa", 6), "xcsqa-distilled": ("co
         "xcsqa-ablation-3": ("commonsense-lite", "xcsqa", 3), "xcsqa-ablation-6": ("commonsense-lite", "xcsqa", 6),
         # the reproduction at the CALM issue's scale: zero-shot, no index
         "calm-xcsqa-6lang": (None, "xcsqa", 6), "calm-xcsqa-ablation-2": (None, "xcsqa", 2),
-        "calm-xcsqa-ablation-3": (None, "xcsqa", 3), "calm-medqa-usmle": (None, "medqa-usmle", 3)}
+        "calm-xcsqa-ablation-3": (None, "xcsqa", 3), "calm-medqa-usmle": (None, "medqa-usmle", 3),
+        "calm-xcsqa-6lang-filtered": (None, "xcsqa", 6)}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -73,13 +74,13 @@ def test_run_configs_load(name):
     path = REPO / "scripts" / "runs" / f"{name}.yaml"
     cfg = load_run_config(path)
     assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.all_languages)
-    if "xcsqa-ablation" in name or name.endswith("xcsqa-6lang"):  # graded in all six, trained in fewer or all
+    if "xcsqa-ablation" in name or "xcsqa-6lang" in name and "small" not in name:  # graded in all six, trained in fewer or all
         assert set(cfg.eval_languages) == {"en", "zh", "fr", "de", "it", "ja"}
     if name.startswith("calm-"):
         assert cfg.model.generator == "qwen2.5-coder-1.5b-instruct" and cfg.selfrag.retrieval == "never"
         assert cfg.eval.retrieval == ("never",) and cfg.data.max_eval == 100
         assert cfg.data.max_train >= (150 if "xcsqa" in name else 100)
-        if "ablation" in name:  # the arms vote over the 6-language run's samples
+        if "ablation" in name or "filtered" in name:  # the arms vote over the 6-language run's samples
             assert Path(cfg.calm.reuse) == REPO / "runs" / "calm-xcsqa-6lang"
             six = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang.yaml")
             for section in ("model", "generate", "selfrag", "data"):
@@ -94,6 +95,19 @@ def test_run_configs_load(name):
     for key in ("max_train:", "max_eval:", "n:", "top_k:", "max_new_tokens:", "max_steps:"):
         line = next(x for x in path.read_text().splitlines() if x.strip().startswith(key))
         assert "#" in line.split(":", 1)[1], f"{path.name}: say why {key} {line} has this scale"
+
+
+def test_filtered_arm_differs_from_the_6_language_run_only_in_the_filter_and_the_steps():
+    """calm-xcsqa-6lang-filtered.yaml measures one option (docs/results.md, "Filtered pairs over one epoch"): the
+    6-language run's samples and settings, pairs.min_agreement 0.5 and DPO steps for one epoch of what it keeps."""
+    filtered = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang-filtered.yaml")
+    six = load_run_config(REPO / "scripts" / "runs" / "calm-xcsqa-6lang.yaml")
+    assert six.pairs.min_agreement is None and filtered.pairs.min_agreement == 0.5
+    assert replace(filtered.pairs, min_agreement=None) == six.pairs
+    assert replace(filtered.calm, reuse=None) == six.calm
+    assert replace(filtered.train, max_steps=six.train.max_steps) == six.train
+    # 168 pairs kept of the 364 (counted from the 6-language run's votes and pairs), each seen once
+    assert filtered.train.max_steps * filtered.train.batch_size * filtered.train.grad_accum == 168
 
 
 def test_one_session_run_differs_from_the_full_run_only_in_scale_and_sampling_budget():
