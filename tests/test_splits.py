@@ -74,7 +74,7 @@ def test_run_configs_load(name):
     path = REPO / "scripts" / "runs" / f"{name}.yaml"
     cfg = load_run_config(path)
     assert len(cfg.calm.languages) == n_langs and set(cfg.data.files) == set(cfg.all_languages)
-    if "xcsqa-ablation" in name or "xcsqa-6lang" in name and "small" not in name:  # graded in all six, trained in fewer or all
+    if "xcsqa-ablation" in name or ("xcsqa-6lang" in name and "small" not in name):  # graded in all six, trained in fewer or all
         assert set(cfg.eval_languages) == {"en", "zh", "fr", "de", "it", "ja"}
     if name.startswith("calm-"):
         assert cfg.model.generator == "qwen2.5-coder-1.5b-instruct" and cfg.selfrag.retrieval == "never"
