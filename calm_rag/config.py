@@ -426,8 +426,14 @@ class RetrieveConfig:
     nprobe: int = field(default=16, metadata={"help": "IVF lists visited per query (IVF indexes)"})
     ef_search: int = field(default=64, metadata={"help": "HNSW search beam width (raised to k when smaller)"})
     batch_size: int = field(default=64, metadata={"help": "queries per embedder forward pass"})
+    # FAISS brings its own OpenMP runtime: under OMP_WAIT_POLICY=ACTIVE its idle worker spins on a core the
+    # generator needs (the 1.5B's retrieval evaluation ran 2x slower, measured), and a few queries gain nothing
+    search_threads: int = field(default=1, metadata={"help": "OpenMP threads of a FAISS search (0: FAISS's default, "
+                                                             "every core)"})
 
     def __post_init__(self) -> None:
         for name in ("k", "nprobe", "ef_search", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"retrieve {name}={getattr(self, name)} must be >= 1")
+        if self.search_threads < 0:
+            raise ValueError(f"retrieve search_threads={self.search_threads} must be >= 0 (0: FAISS's default)")

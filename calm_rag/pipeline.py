@@ -140,13 +140,15 @@ def load_run_generator(cfg: RunConfig, adapter: str | None = None):
 
 
 def make_selfrag(cfg: RunConfig, retriever, adapter: str | None = None, retrieval: str | None = None,
-                 gen_cfg: GenerateConfig | None = None, generator=None, critique_without_passage: bool = True):
+                 gen_cfg: GenerateConfig | None = None, generator=None, critique_without_passage: bool = True,
+                 critique_agreeing: bool = True):
     from calm_rag.rag import SelfRag
 
     gen = generator or load_run_generator(cfg, adapter or cfg.model.adapter)
     scfg = dataclasses.replace(cfg.selfrag, retrieval=retrieval) if retrieval else cfg.selfrag
     return SelfRag(gen, retriever, scfg, gen_cfg or cfg.generate,
-                   critique_without_passage=critique_without_passage and scfg.critique_zero_shot)
+                   critique_without_passage=critique_without_passage and scfg.critique_zero_shot,
+                   critique_agreeing=critique_agreeing)
 
 
 def eval_generate_config(cfg: RunConfig) -> GenerateConfig:
@@ -170,17 +172,21 @@ def evaluate_modes(cfg: RunConfig, units: list[Question], gold: dict[str, str | 
     for mode in modes:
         name = ("calm" if adapter else "base") + ("" if mode == "adaptive" else f"-{mode}")
         path = out_dir / f"{name}.generations.jsonl"
+        retrieval_settings = row_retrieval(cfg, mode)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_row_retrieval(out_dir, name, retrieval_settings)
         if before is not None:
             before(name, path)
-        # one greedy answer per unit: a score can only choose among passages, so unretrieved answers get none
+        # one greedy answer per unit: a score can only choose among passages' differing letters, so an answer
+        # without a passage, or passages that agree, get no critique (the graded letters are the same)
         rag = make_selfrag(cfg, retriever() if retriever is not None and mode != "never" else None, adapter=adapter,
                            retrieval=mode, gen_cfg=gen_cfg, generator=generator,
-                           critique_without_passage=gen_cfg.n > 1)
+                           critique_without_passage=gen_cfg.n > 1, critique_agreeing=gen_cfg.n > 1)
         generator = rag.gen  # one load per model, every mode
         gens = sample_units(rag, units, path, gen_cfg.n)
         report = evaluate_generations(gens, gold, langs=list(langs), meta={
             **(meta or {}), "model": cfg.model.generator, "run": name, "retrieval": mode, "adapter": adapter,
-            "critique": rag.mode, "backend": rag.gen.backend})
+            "critique": rag.mode, "backend": rag.gen.backend, **retrieval_settings})
         save_report(report, out_dir / f"{name}.json")
         reports[name] = report
     return reports
@@ -505,12 +511,37 @@ def _comparable(section: Any, name: str) -> Any:
 
 def _without(section: Any, name: str) -> Any:
     """A manifest config section minus the settings a run folder may change between stages: calm.vote, and the
-    index of a zero-shot run (its samples read none; an evaluation with retrieval may name one)."""
+    retrieval settings of a zero-shot run (its samples read no passage; an evaluation with retrieval may name an
+    index, a passage count and a threshold, which each evaluated row records: `row_retrieval`)."""
     if name == "calm" and isinstance(section, dict):
         return {k: v for k, v in section.items() if k != "vote"}
     if name == "selfrag" and isinstance(section, dict) and section.get("retrieval") == "never":
-        return {k: v for k, v in section.items() if k != "index"}
+        return {k: v for k, v in section.items() if k not in ("index", "top_k", "threshold")}
     return section
+
+
+def row_retrieval(cfg: RunConfig, mode: str) -> dict[str, Any]:
+    """The retrieval settings one evaluated row answered with (none for a zero-shot row)."""
+    if mode == "never":
+        return {}
+    index = cfg.selfrag.index
+    settings = {"index": str(Path(index).resolve()) if index else None, "top_k": cfg.selfrag.top_k}
+    return {**settings, "threshold": cfg.selfrag.threshold} if mode == "adaptive" else settings
+
+
+def check_row_retrieval(out_dir: Path, name: str, settings: dict[str, Any]) -> None:
+    """A row resumes only with the retrieval settings it started with (`<row>.retrieval.json`), so one row
+    never mixes passage counts or indexes."""
+    path = out_dir / f"{name}.retrieval.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != settings:
+            changed = ", ".join(f"{k} {old.get(k)} -> {settings.get(k)}" for k in sorted(set(old) | set(settings))
+                                if old.get(k) != settings.get(k))
+            raise ConfigError(f"{path}: row {name} was answered with other retrieval settings ({changed}); pass the "
+                              f"same --index/-k, or delete {out_dir / name}.* to answer it again")
+        return
+    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _shared_settings(config: dict[str, Any], section: str) -> Any:

@@ -104,10 +104,15 @@ class SelfRag:
     """Retriever + generator + critic; `answer()` does the whole Self-RAG pass for one question."""
 
     def __init__(self, generator: Generator, retriever=None, cfg: SelfRagConfig | None = None,
-                 gen_cfg: GenerateConfig | None = None, critique_without_passage: bool = True):
+                 gen_cfg: GenerateConfig | None = None, critique_without_passage: bool = True,
+                 critique_agreeing: bool = True):
         """`critique_without_passage=False` skips the verbalised utility question for answers given without a
-        passage: a greedy zero-shot evaluation has one answer per sample, so no score can change its letter."""
+        passage: a greedy zero-shot evaluation has one answer per sample, so no score can change its letter.
+        `critique_agreeing=False` skips the whole verbalised critique of a sample whose passages all gave the
+        same letter (after the answer-cue step): the score-weighted vote over its passages cannot change it,
+        and a greedy evaluation grades letters only. Such candidates keep an empty critique (score 0)."""
         self.critique_without_passage = critique_without_passage
+        self.critique_agreeing = critique_agreeing
         self.gen = generator
         self.retriever = retriever
         self.cfg = cfg or SelfRagConfig()
@@ -201,29 +206,34 @@ class SelfRag:
             texts = self.gen.generate(flat, self.gen_cfg, n=n, seed=seed)
         per_question, start = [], 0
         for q, s, ps, (_, p_ret) in zip(questions, slots, prompts, decisions):
-            q_texts = texts[start:start + len(ps)]
-            q_tables = tables[start:start + len(ps)] if self.native else self._verbalised_tables(q, s, q_texts)
+            q_tables = tables[start:start + len(ps)] if self.native else None  # verbalised: scored below
+            per_question.append(self._candidates(q, s, ps, texts[start:start + len(ps)], q_tables, p_ret, n))
             start += len(ps)
-            per_question.append(self._candidates(q, s, ps, q_texts, q_tables, p_ret, n))
         if self.cfg.complete_answer:
             self._complete_letters([(q, c) for q, samples in zip(questions, per_question)
                                     for cands in samples for c in cands if c.letter is None and q.options])
+        if not self.native:
+            for q, s, samples, (_, p_ret) in zip(questions, slots, per_question, decisions):
+                if self.critique_agreeing or any(len({c.letter for c in cands}) > 1 for cands in samples):
+                    texts_by_slot = [[samples[k][i].text for k in range(n)] for i in range(len(s))]
+                    for i, row in enumerate(self._verbalised_tables(q, s, texts_by_slot)):
+                        for k, table in enumerate(row):
+                            _score(samples[k][i], table, p_ret, self.weights)
         return [_vote(q, samples, [h for h in s if h is not None], p_ret)
                 for q, samples, s, (_, p_ret) in zip(questions, per_question, slots, decisions)]
 
     def _candidates(self, question: Question, slots: list[Hit | None], prompts: list[str], texts: list[list[str]],
-                    tables: list[list[dict[str, float]]], p_ret: float | None, n: int) -> list[list[Candidate]]:
-        """Score each (passage, sample) output and extract its letter; [sample][passage]."""
+                    tables: list[list[dict[str, float]]] | None, p_ret: float | None, n: int) -> list[list[Candidate]]:
+        """Extract each (passage, sample) output's letter and score it from `tables` (None: not yet critiqued,
+        an empty table); [sample][passage]."""
         samples: list[list[Candidate]] = [[] for _ in range(n)]
         for i, hit in enumerate(slots):
             for s in range(n):
-                probs = dict(tables[i][s])
-                if p_ret is not None:
-                    probs[selfrag.RETRIEVAL], probs[selfrag.NO_RETRIEVAL] = p_ret, 1.0 - p_ret
-                crit = selfrag.score_critique(probs, self.weights)
                 parsed = selfrag.parse_output(texts[i][s])
                 letter = selfrag.extract_choice(parsed.answer, question.lang, question.options) if question.options else None
-                samples[s].append(Candidate(texts[i][s], parsed.answer, letter, crit, prompts[i], hit, probs=probs))
+                cand = Candidate(texts[i][s], parsed.answer, letter, Critique(), prompts[i], hit)
+                _score(cand, tables[i][s] if tables else {}, p_ret, self.weights)
+                samples[s].append(cand)
         return samples
 
     def _complete_letters(self, pending: list[tuple[Question, Candidate]]) -> None:
@@ -287,6 +297,14 @@ def _vote(question: Question, samples: list[list[Candidate]], hits: list[Hit], p
         if letters[s] is None and any(c.letter for c in cands):
             letters[s] = max((c for c in cands if c.letter), key=lambda c: c.critique.score).letter
     return RagAnswer(question, bool(hits), p_ret, hits, samples, letters)
+
+
+def _score(cand: Candidate, table: dict[str, float], p_ret: float | None, weights: selfrag.CritiqueWeights) -> None:
+    """Set a candidate's critique from its probability table (plus the question's retrieval probability)."""
+    probs = dict(table)
+    if p_ret is not None:
+        probs[selfrag.RETRIEVAL], probs[selfrag.NO_RETRIEVAL] = p_ret, 1.0 - p_ret
+    cand.probs, cand.critique = probs, selfrag.score_critique(probs, weights)
 
 
 def _positive(score: float) -> float:

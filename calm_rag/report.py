@@ -216,6 +216,9 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
     gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
     metrics = table_metrics(langs) + list(group_metrics(run.cfg.calm.languages, langs).values())
+    for before, after, _ in COMPARISONS:
+        if before in reports and after in reports:
+            check_same_passages(folder, (before, reports[before]), (after, reports[after]))
     deltas = [(before, after, label, bootstrap_deltas(gens[before], gens[after], gold, metrics, n_boot=n_boot,
                                                       seed=seed, langs=langs))
               for before, after, label in COMPARISONS if before in gens and after in gens]
@@ -240,7 +243,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
           signal_text(signal), "",
           markdown_table(reports), f"![{name}]({name}.png)", ""]
     for before, after, label, d in deltas:
-        md += [f"{label} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d),
+        md += [f"{label}{passages_text(reports[after].meta)} ({after} vs {before}):", "", markdown_delta(reports[before], reports[after], d),
                changes_text(changes[f"{after} vs {before}"]), ""]
     text = "\n".join(md)
     atomic_write_text(out / f"{name}.md", text)
@@ -262,6 +265,29 @@ def retrieval_text(selfrag: dict) -> str:
     if selfrag.get("retrieval") == "never" or not selfrag.get("index"):
         return "zero-shot (retrieval never)"
     return f"k={selfrag['top_k']} passages from `{Path(selfrag['index']).name}` (retrieval {selfrag['retrieval']})"
+
+
+RETRIEVAL_KEYS = ("index", "top_k", "threshold")  # what pipeline.row_retrieval records in a row's meta
+
+
+def check_same_passages(folder: Path, *rows: tuple[str, EvalReport]) -> None:
+    """Two rows that both retrieved are compared only if they read the same index with the same k (a run
+    folder's evaluation may add a retrieval row later, with its own --index and -k)."""
+    (bname, b), (aname, a) = rows
+    if b.meta.get("retrieval", "never") == "never" or a.meta.get("retrieval", "never") == "never":
+        return
+    differ = [k for k in RETRIEVAL_KEYS if b.meta.get(k) != a.meta.get(k)]
+    if differ:
+        raise SystemExit(f"{folder}: {aname} and {bname} retrieved with different {', '.join(differ)} "
+                         f"({[a.meta.get(k) for k in differ]} vs {[b.meta.get(k) for k in differ]}); evaluate both "
+                         f"with the same --index and -k")
+
+
+def passages_text(meta: dict) -> str:
+    """How a row retrieved, where its meta records it: ' (k=2 passages from `commonsense-lite`)'."""
+    if meta.get("top_k") is None or not meta.get("index"):
+        return ""
+    return f" (k={meta['top_k']} passages from `{Path(meta['index']).name}`)"
 
 
 # the settings two evaluations must share for their graded letters to be compared question by question

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ class Retriever:
         if kk == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         params = self._params(index, sel, kk)
-        scores, rows = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
+        with faiss_threads(self.cfg.search_threads):
+            scores, rows = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
         short = np.flatnonzero((rows >= 0).sum(axis=1) < kk)
         if len(short):
             log.debug("%d of %d queries came back short under filter %s; rescoring exactly", len(short), len(q),
@@ -208,6 +210,22 @@ def _langchain_retriever_class() -> Any:
 
     _LC_CLASS = CalmRagRetriever
     return _LC_CLASS
+
+
+@contextmanager
+def faiss_threads(n: int):
+    """FAISS's OpenMP threads limited to `n` (0: unchanged) for the block, then restored."""
+    import faiss
+
+    if n <= 0:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def load_retriever(index_dir: str | Path, embedder: str | None = None):

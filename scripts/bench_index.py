@@ -116,7 +116,8 @@ def bench_search(n_vectors: int, n_queries: int, dim: int, k: int, out: list[str
     index.add(xb)
     passages = [Passage(f"d{i}#0", f"d{i}", f"t{i}", f"text {i}", lang_of[i], "rand") for i in range(n_vectors)]
     loaded = LoadedIndex(path=Path("<memory>"), index=index, passages=passages, manifest={})
-    retriever = Retriever(loaded, None, RetrieveConfig(k=k), check=False)  # no encoder: precomputed vectors
+    # no encoder: precomputed vectors; FAISS gets its default threads, as under LangChain
+    retriever = Retriever(loaded, None, RetrieveConfig(k=k, search_threads=0), check=False)
 
     docstore = InMemoryDocstore({str(i): LCDocument(page_content=p.text, metadata={"lang": p.lang})
                                  for i, p in enumerate(passages)})

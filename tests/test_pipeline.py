@@ -779,3 +779,44 @@ def test_ablation_against_a_base_in_another_file(tmp_path):
     assert [c.split(" [")[0] for c in cells[4:]] == ["+50.0", "+0.0", "+50.0", "+33.3"]
     with pytest.raises(SystemExit, match="no graded letters for 'calm-always'"):
         ablation_table([arm], "calm-always vs base-always", base=(base, "base-never"))
+
+
+def test_a_zero_shot_run_is_graded_with_retrieval_later_and_rows_never_mix_passage_counts(
+        tmp_path, tiny_lm_dir, tiny_embedder_path, index_dir):
+    """A zero-shot run read no passage, so its evaluation may name an index and a k afterwards; each row records
+    them, resumes only with them, and two rows that read different k are not compared."""
+    import dataclasses
+    from pathlib import Path
+
+    from calm_rag.config import ConfigError
+    from calm_rag.evaluate import load_report
+    from calm_rag.report import check_same_passages, passages_text
+
+    def at(k, retrieval="never"):
+        return Run(tmp_path / "r", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, generate={"max_new_tokens": 4},
+                                         selfrag={"retrieval": retrieval, "top_k": k}, eval={"retrieval": ("always",)}))
+
+    at(3).evaluate(which=("base",))
+    row = tmp_path / "r" / "eval" / "base-always"
+    three = load_report(row.with_suffix(".json"))
+    assert (three.meta["top_k"], three.meta["index"]) == (3, str(Path(index_dir).resolve()))
+    assert {len(g.passage_ids) for g in read_jsonl(row.with_suffix(".generations.jsonl"), Generation)} == {3}
+    second = at(2)  # accepted: the samples read no passage
+    with pytest.raises(ConfigError, match=r"base-always\.retrieval\.json: row base-always was answered with other "
+                                          r"retrieval settings \(top_k 3 -> 2\)"):
+        second.evaluate(which=("base",))
+    for path in row.parent.glob("base-always.*"):
+        path.unlink()
+    second.evaluate(which=("base",))
+    two = load_report(row.with_suffix(".json"))
+    assert {len(g.passage_ids) for g in read_jsonl(row.with_suffix(".generations.jsonl"), Generation)} == {2}
+    assert passages_text(two.meta) == f" (k=2 passages from `{Path(index_dir).name}`)"
+    check_same_passages(tmp_path, ("base-always", two), ("calm-always", dataclasses.replace(two)))
+    with pytest.raises(SystemExit, match="calm-always and base-always retrieved with different top_k"):
+        check_same_passages(tmp_path, ("base-always", two), ("calm-always", three))
+    never = dataclasses.replace(three, meta={"retrieval": "never"})  # retrieval - zero-shot: nothing to match
+    check_same_passages(tmp_path, ("base-never", never), ("base-always", two))
+    # a run that retrieved while sampling keeps its passages fixed
+    Run(tmp_path / "s", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, selfrag={"top_k": 2}))
+    with pytest.raises(ConfigError, match="other selfrag settings"):
+        Run(tmp_path / "s", _cfg(tiny_lm_dir, tiny_embedder_path, index_dir, selfrag={"top_k": 3}))

@@ -239,3 +239,32 @@ def test_greedy_answers_without_a_passage_skip_the_utility_question(tiny_lm_dir,
     assert sum(full_asked) == 2 and sum(lean_asked) == 0  # one utility prompt per answer, or none
     (kept, _), = [run(False, "always")]
     assert all(c.critique.use is not None for a in kept for c in a.samples[0])  # passages: scored as before
+
+
+def test_greedy_evaluation_critiques_only_samples_whose_passages_disagree(tiny_lm_dir, retriever):
+    """Evaluation's retrieval rows: a sample whose passages all gave one letter keeps it whatever the scores,
+    so `critique_agreeing=False` asks no critic question about it; passages that disagree are scored as
+    before, and every letter is the same."""
+    gen = load_generator(str(tiny_lm_dir), backend="transformers", device="cpu")
+    written = {"milk": ["Answer: A", "The answer is A."], "blood": ["Answer: A", "Answer: B"]}
+    gen.generate = lambda prompts, cfg, n=None, seed=None: [
+        [written["milk" if "keep milk" in p else "blood"][i % 2]] for i, p in enumerate(prompts)]
+    asked = []
+    probs = gen.next_token_probs
+    gen.next_token_probs = lambda prompts, cands, **kw: asked.extend(prompts) or probs(prompts, cands, **kw)
+    greedy = GenerateConfig(n=1, temperature=0.0, max_new_tokens=8)
+    questions = [Q, Question("q2", "en", "What pumps blood?", {"A": "heart", "B": "liver"}, "A")]
+
+    def run(flag):
+        asked.clear()
+        rag = SelfRag(gen, retriever, SelfRagConfig(retrieval="always", top_k=2), greedy, critique_agreeing=flag)
+        return rag.answer_many(questions), list(asked)
+
+    (full, full_asked), (lean, lean_asked) = run(True), run(False)
+    assert [[c.letter for c in a.samples[0]] for a in full] == [["A", "A"], ["A", "B"]]
+    assert [a.letters for a in lean] == [a.letters for a in full]
+    assert any("keep milk" in p for p in full_asked)
+    assert lean_asked and not any("keep milk" in p for p in lean_asked)  # only the disagreeing question
+    assert all(c.critique.rel is None and c.critique.score == 0.0 for c in lean[0].samples[0])
+    assert [c.critique for c in lean[1].samples[0]] == [c.critique for c in full[1].samples[0]]
+    assert all(c.critique.rel is not None for c in full[0].samples[0])

@@ -143,3 +143,27 @@ def test_approximate_index_under_selective_filter_still_returns_k(indexes, tiny_
     order, _ = brute_force(hnsw, tiny_encoder.encode_query(QUERIES), n,
                            np.array([p.lang == "fr" and p.source == "src-b" for p in hnsw.passages]))
     assert all({h.passage.id for h in row} == {hnsw.passages[i].id for i in o} for row, o in zip(hits, order))
+
+
+def test_search_keeps_faiss_to_one_thread_beside_the_generator(indexes, tiny_encoder, monkeypatch):
+    """FAISS's own OpenMP runtime would leave a spinning worker (OMP_WAIT_POLICY=ACTIVE) on a core the generator
+    needs: a search runs with one FAISS thread by default, with FAISS's default when asked, and restores it."""
+    import faiss
+
+    flat, _ = indexes
+    cls = type(flat.index)
+    seen = []
+    search = cls.search
+    monkeypatch.setattr(cls, "search", lambda self, *a, **k: seen.append(faiss.omp_get_max_threads()) or
+                        search(self, *a, **k))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        one = Retriever(flat, tiny_encoder).search(QUERIES, k=3)
+        every = Retriever(flat, tiny_encoder, RetrieveConfig(search_threads=0)).search(QUERIES, k=3)
+        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert [[h.passage.id for h in row] for row in one] == [[h.passage.id for h in row] for row in every]
+    with pytest.raises(ValueError, match="search_threads=-1 must be >= 0"):
+        RetrieveConfig(search_threads=-1)
