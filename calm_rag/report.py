@@ -78,23 +78,26 @@ def ablation_deltas(path: Path, comparison: str, base: tuple[Path, str] | None =
     return data, out
 
 
-def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-always vs base-always",
-                  base: tuple[Path, str] | None = None) -> None:
-    """Changes with their 95 % intervals, one group of points per metric, one colour per run (`base`: as in
-    ablation_deltas)."""
+def ablation_arms(files: Sequence[Path], comparison: str = "calm-always vs base-always",
+                  base: tuple[Path, str] | None = None) -> list[tuple[dict, dict]]:
+    """`ablation_deltas` of each metrics JSON, bootstrapped once for both the table and the plot."""
+    return [ablation_deltas(file, comparison, base) for file in files]
+
+
+def ablation_plot(arms: Sequence[tuple[dict, dict]], path: Path, comparison: str = "calm-always vs base-always") -> None:
+    """Changes with their 95 % intervals (`ablation_arms`), one group of points per metric, one colour per run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for i, file in enumerate(files):
-        data, deltas = ablation_deltas(file, comparison, base)
+    for i, (data, deltas) in enumerate(arms):
         for j, column in enumerate(ABLATION_COLUMNS):
             if column in deltas:
                 d, lo, hi = deltas[column]
                 err = [[100 * (d - lo)], [100 * (hi - d)]] if lo is not None else None
-                ax.errorbar(j + 0.15 * (i - (len(files) - 1) / 2), 100 * d, yerr=err, fmt="o", capsize=4,
+                ax.errorbar(j + 0.15 * (i - (len(arms) - 1) / 2), 100 * d, yerr=err, fmt="o", capsize=4,
                             color=f"C{i}", label=f"{data['run']} ({len(data['config']['calm']['languages'])} "
                                                  f"languages)" if j == 0 else None)
     ax.axhline(0, color="0.5", linewidth=0.8)
@@ -107,10 +110,8 @@ def ablation_plot(files: Sequence[Path], path: Path, comparison: str = "calm-alw
         fig.savefig(fh, format="png", dpi=120)
 
 
-def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base-always",
-                   base: tuple[Path, str] | None = None) -> str:
-    """One row per run's metrics JSON: CALM - base on trained and held-out languages, vote, consistency
-    (`base`: as in ablation_deltas).
+def ablation_table(arms: Sequence[tuple[dict, dict]]) -> str:
+    """One row per arm (`ablation_arms`): CALM - base on trained and held-out languages, vote, consistency.
 
     Pooled accuracies without a stored bootstrap (a metrics file written before they were added)
     show the plain difference of the reports and no interval.
@@ -118,8 +119,7 @@ def ablation_table(files: Sequence[Path], comparison: str = "calm-always vs base
     rows = ["| run | trained in | votes right | pairs | "
             + " | ".join(f"Δ {c}" for c in ABLATION_COLUMNS) + " |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for path in files:
-        data, deltas = ablation_deltas(path, comparison, base)
+    for data, deltas in arms:
         cells = []
         for column in ABLATION_COLUMNS:
             d, lo, hi = deltas.get(column, (None, None, None))

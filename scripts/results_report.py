@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from calm_rag.report import ablation_plot, ablation_table, compare_metrics_files, run_section  # noqa: E402
+from calm_rag.report import ablation_arms, ablation_plot, ablation_table, compare_metrics_files, run_section  # noqa: E402
 from calm_rag.records import atomic_write_text  # noqa: E402
 
 
@@ -68,9 +68,10 @@ def main() -> None:
             atomic_write_text(args.save, json.dumps(data, indent=2) + "\n")
         return
     if args.ablation:
-        print(ablation_table(args.ablation, args.comparison, args.base))
+        arms = ablation_arms(args.ablation, args.comparison, args.base)
+        print(ablation_table(arms))
         if args.plot:
-            ablation_plot(args.ablation, args.plot, args.comparison, args.base)
+            ablation_plot(arms, args.plot, args.comparison)
         return
     if not args.runs:
         ap.error("give run folders, or --ablation with metrics files")

@@ -258,7 +258,7 @@ def _check_results_report(run_dir, out):
                                   in metrics["answers"]["calm-never"]], metrics["gold"], langs=["en", "zh", "fr"])
     assert again.to_dict()["accuracy"] == metrics["reports"]["calm-never"]["accuracy"]
     assert again.consistency == metrics["reports"]["calm-never"]["consistency"]
-    row = module.ablation_table([out / f"{run_dir.name}.json"]).splitlines()[2]
+    row = module.ablation_table(module.ablation_arms([out / f"{run_dir.name}.json"])).splitlines()[2]
     assert row.startswith(f"| {run_dir.name} | en, zh, fr | {signal['votes_right']}/3 | "
                           f"{metrics['stages']['pairs']['pairs']} | "
                           f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | – |")
@@ -268,8 +268,8 @@ def _check_results_report(run_dir, out):
     old["deltas"]["calm-always vs base-always"]["metrics"].pop("accuracy:en+zh+fr")
     (out / "old.json").write_text(json.dumps(old))
     held_out = sum(calm["accuracy"][x] - base["accuracy"][x] for x in ("zh", "fr")) / 2
-    assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table([out / "old.json"])
-    module.ablation_plot([out / f"{run_dir.name}.json", out / "old.json"], out / "ablation.png")
+    assert f"| {100 * held_out:+.1f} (no CI) |" in module.ablation_table(module.ablation_arms([out / "old.json"]))
+    module.ablation_plot(module.ablation_arms([out / f"{run_dir.name}.json", out / "old.json"]), out / "ablation.png")
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     _check_restored_report(run_dir, out.parent / "restored", metrics)
 
@@ -759,7 +759,7 @@ def test_compare_metrics_files_hand_worked(tmp_path):
 def test_ablation_against_a_base_in_another_file(tmp_path):
     """An ablation arm graded alone (`calm eval --models calm`) against the base of another metrics file: the
     pooled trained / held-out accuracy, vote and consistency changes worked by hand (en, zh trained; fr held out)."""
-    from calm_rag.report import ablation_table
+    from calm_rag.report import ablation_arms, ablation_table
 
     gold = {"q1": "A", "q2": "B"}
     base = _metrics_file(tmp_path / "base.json", "six", "base-never",
@@ -773,12 +773,12 @@ def test_ablation_against_a_base_in_another_file(tmp_path):
     data["stages"] = {"pairs": {"pairs": 7}}
     arm.write_text(json.dumps(data))
     # trained en+zh: 2 of 4 -> 4 of 4 right; held out fr: 1 of 2 -> 1 of 2; vote 1 of 2 -> 2 of 2; consistency 1/3 -> 2/3
-    row = ablation_table([arm], "calm-never vs base-never", base=(base, "base-never")).splitlines()[2]
+    row = ablation_table(ablation_arms([arm], "calm-never vs base-never", base=(base, "base-never"))).splitlines()[2]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["arm-2", "en, zh", "–", "7"]
     assert [c.split(" [")[0] for c in cells[4:]] == ["+50.0", "+0.0", "+50.0", "+33.3"]
     with pytest.raises(SystemExit, match="no graded letters for 'calm-always'"):
-        ablation_table([arm], "calm-always vs base-always", base=(base, "base-never"))
+        ablation_arms([arm], "calm-always vs base-always", base=(base, "base-never"))
 
 
 def test_a_zero_shot_run_is_graded_with_retrieval_later_and_rows_never_mix_passage_counts(
