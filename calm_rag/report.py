@@ -318,6 +318,7 @@ def _paired_letters(before: tuple[Path, str], after: tuple[Path, str]) -> tuple[
             for d, n in ((b, bname), (a, aname))]
     reports = [EvalReport.from_dict(d["reports"][n], where=f"{p}:{n}") for d, n, p in ((b, bname, before[0]),
                                                                                     (a, aname, after[0]))]
+    check_same_passages(Path(after[0]), (bname, reports[0]), (aname, reports[1]))
     return loaded, gens, reports
 
 

@@ -714,7 +714,7 @@ def test_answer_changes_hand_worked():
         "chars_before": (9 + 1 + 2 + 0) / 4, "chars_after": (1 + 7 + 1 + 1) / 4}
 
 
-def _metrics_file(path, run, name, answers, gold, max_new_tokens=48):
+def _metrics_file(path, run, name, answers, gold, max_new_tokens=48, meta=None):
     """A metrics JSON as run_section writes it: config, reports and the graded letters of one model."""
     from calm_rag.evaluate import evaluate_generations
     from calm_rag.records import Generation
@@ -723,7 +723,7 @@ def _metrics_file(path, run, name, answers, gold, max_new_tokens=48):
     config = {"model": {"generator": "g", "precision": "q8_0"}, "generate": {"max_new_tokens": max_new_tokens},
               "selfrag": {"critique": "auto", "complete_answer": True}, "eval": {"n": 1}}
     path.write_text(json.dumps({"run": run, "config": config, "gold": gold,
-                                "reports": {name: evaluate_generations(gens, gold).to_dict()},
+                                "reports": {name: evaluate_generations(gens, gold, meta=meta).to_dict()},
                                 "answers": {name: [[q, lang, 0, letter] for q, lang, letter in answers]}}))
     return path
 
@@ -754,6 +754,15 @@ def test_compare_metrics_files_hand_worked(tmp_path):
                            [("q1", "en", "A"), ("q1", "zh", "A"), ("q2", "en", "B"), ("q2", "zh", "B")], gold, 64)
     with pytest.raises(SystemExit, match="different generate.max_new_tokens"):
         compare_metrics_files((base, "base-never"), (longer, "calm-never"), n_boot=10, seed=0)
+    # rows that retrieved pair only when they read the same index with the same k
+    letters = [("q1", "en", "A"), ("q1", "zh", "A"), ("q2", "en", "B"), ("q2", "zh", "B")]
+    read = {"retrieval": "always", "index": "/x/commonsense-lite"}
+    two = _metrics_file(tmp_path / "k2.json", "k2", "base-always", letters, gold, meta={**read, "top_k": 2})
+    three = _metrics_file(tmp_path / "k3.json", "k3", "calm-always", letters, gold, meta={**read, "top_k": 3})
+    again = _metrics_file(tmp_path / "k2b.json", "k2b", "calm-always", letters, gold, meta={**read, "top_k": 2})
+    assert compare_metrics_files((two, "base-always"), (again, "calm-always"), n_boot=10, seed=0)[1]["changes"]["changed"] == 0
+    with pytest.raises(SystemExit, match=r"calm-always and base-always retrieved with different top_k \(\[3\] vs \[2\]\)"):
+        compare_metrics_files((two, "base-always"), (three, "calm-always"), n_boot=10, seed=0)
 
 
 def test_ablation_against_a_base_in_another_file(tmp_path):
