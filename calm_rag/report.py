@@ -264,7 +264,12 @@ def retrieval_text(selfrag: dict) -> str:
     """How a run retrieved: a zero-shot run names no index."""
     if selfrag.get("retrieval") == "never" or not selfrag.get("index"):
         return "zero-shot (retrieval never)"
-    return f"k={selfrag['top_k']} passages from `{Path(selfrag['index']).name}` (retrieval {selfrag['retrieval']})"
+    return f"{passages_read(selfrag)} (retrieval {selfrag['retrieval']})"
+
+
+def passages_read(settings: dict) -> str:
+    """'k=2 passages from `commonsense-lite`', from a run's selfrag config or a row's meta."""
+    return f"k={settings['top_k']} passages from `{Path(settings['index']).name}`"
 
 
 RETRIEVAL_KEYS = ("index", "top_k", "threshold")  # what pipeline.row_retrieval records in a row's meta
@@ -287,7 +292,7 @@ def passages_text(meta: dict) -> str:
     """How a row retrieved, where its meta records it: ' (k=2 passages from `commonsense-lite`)'."""
     if meta.get("top_k") is None or not meta.get("index"):
         return ""
-    return f" (k={meta['top_k']} passages from `{Path(meta['index']).name}`)"
+    return f" ({passages_read(meta)})"
 
 
 # the settings two evaluations must share for their graded letters to be compared question by question
