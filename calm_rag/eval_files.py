@@ -98,8 +98,9 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
     bundled ones); `retrieval` (default `cfg.eval.retrieval`) lists the modes to compare, e.g.
     ("never", "always") for zero-shot vs retrieval; `split` keeps only a split file's dev
     questions (see `load_eval_questions`). Generations go to `out`/<mode>.generations.jsonl
-    and are resumed: a rerun skips done units. `out` defaults to runs/eval/<model>-<hash of the
-    settings>, and a folder refuses other settings (settings.json), so results never mix.
+    (gold letters to `out`/gold.json, for `report.files_metrics`) and are resumed: a rerun skips
+    done units. `out` defaults to runs/eval/<model>-<hash of the settings>, and a folder refuses
+    other settings (settings.json), so results never mix.
     Returns {row name: EvalReport}; rows are named like the run's ("base", "calm-never", ...).
     """
     import hashlib
@@ -145,6 +146,8 @@ def evaluate_files(files: Iterable[str | Path], cfg: RunConfig | None = None, *,
                               f"use another --out (or leave --out unset for a folder per setting)")
     else:
         atomic_write_text(settings_path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    # the graded questions' gold letters, so the folder's letters can be compared without the data files
+    atomic_write_text(out / "gold.json", json.dumps(gold, indent=2, ensure_ascii=False) + "\n")
     retriever = load_retriever(index) if index and any(m != "never" for m in modes) else None
     log.info("evaluating %d question(s) x %d language(s) in %s", len(aligned), len(aligned.langs), out)
     adapter_path = settings["adapter"]

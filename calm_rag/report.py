@@ -343,3 +343,30 @@ def compare_metrics_files(before: tuple[Path, str], after: tuple[Path, str], n_b
                       markdown_delta(reports[0], reports[1], deltas), changes_text(changes)])
     return text, {"before": labels[0], "after": labels[1], "metrics": {m: list(v) for m, v in deltas.items()},
                   "changes": changes, "bootstrap": {"n_boot": n_boot, "seed": seed}}
+
+
+def files_metrics(folder: Path, out: Path) -> dict:
+    """A `calm eval --data ... --out FOLDER` evaluation as a metrics JSON like `run_section`'s (reports, gold,
+    graded letters, and the settings `compare_metrics_files` checks), so a model graded on the data files
+    without a run folder (a packaged adapter, say) is compared with a run's base from the letters alone.
+    No training section: such a folder trained nothing."""
+    paths = [folder / "settings.json", folder / "gold.json"]
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; give the --out folder of `calm-rag calm eval --data ...` (a rerun "
+                             f"of that command writes gold.json and answers nothing again)")
+    settings, gold = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
+    names = sorted(p.name[:-len(".generations.jsonl")] for p in folder.glob("*.generations.jsonl"))
+    reports = {n: load_report(folder / f"{n}.json") for n in names if (folder / f"{n}.json").is_file()}
+    if not reports:
+        raise SystemExit(f"{folder}: no graded row (<row>.json); let `calm-rag calm eval --data ...` finish first")
+    gens = {n: list(read_jsonl(folder / f"{n}.generations.jsonl", Generation)) for n in reports}
+    generate = settings["generate"]
+    config = {"model": {k: settings[k] for k in ("backend", "precision", "adapter")} | {"generator": settings["model"]},
+              "generate": generate, "selfrag": {**settings["selfrag"], "index": settings["index"]},
+              "eval": {"n": generate["n"]}, "data": {"files": settings["files"], "langs": settings["langs"]}}
+    data = {"run": out.stem, "source": str(folder), "config": config,
+            "reports": {n: r.to_dict() for n, r in reports.items()}, "gold": gold,
+            "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()}}
+    atomic_write_text(out, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return data

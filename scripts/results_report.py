@@ -15,6 +15,10 @@ CALM - base per retrieval mode, and retrieval - zero-shot for the CALM model.
         --base docs/results/calm-xcsqa-6lang-step15.json:base-never --plot docs/results/calm-xcsqa-ablation.png
     python scripts/results_report.py --compare docs/results/calm-xcsqa-6lang-step15.json:base-never \
         docs/results/calm-xcsqa-6lang.json:calm-never --save docs/results/calm-xcsqa-6lang-vs-step15-base.json
+    python scripts/results_report.py --eval-folder runs/eval/shipped-always --save docs/results/shipped-always.json
+
+`--eval-folder` turns a `calm-rag calm eval --data ... --out DIR` folder (no run folder, e.g. a packaged
+adapter) into such a metrics JSON, which `--compare` then pairs with a run's base.
 
 Writes `<out>/<run>.md`, `<out>/<run>.json` (small: metrics, deltas and the graded letters; no prompts
 or models) and `<out>/<run>.png`; prints the markdown. `docs/results.md` quotes these sections.
@@ -30,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from calm_rag.report import ablation_arms, ablation_plot, ablation_table, compare_metrics_files, run_section  # noqa: E402
+from calm_rag.report import (ablation_arms, ablation_plot, ablation_table, compare_metrics_files,  # noqa: E402
+                             files_metrics, run_section)
 from calm_rag.records import atomic_write_text  # noqa: E402
 
 
@@ -56,11 +61,20 @@ def main() -> None:
     ap.add_argument("--compare", nargs=2, type=model_in_file, metavar="FILE.json:MODEL",
                     help="instead: paired-bootstrap change from the first model to the second, from two metrics files' "
                          "graded letters (a CALM model graded in a later session than its base)")
-    ap.add_argument("--save", type=Path, help="with --compare: also write the change as JSON here")
+    ap.add_argument("--eval-folder", type=Path, metavar="DIR",
+                    help="instead: the metrics JSON (written to --save) of a `calm eval --data ... --out DIR` folder")
+    ap.add_argument("--save", type=Path, help="with --compare: also write the change as JSON here; with "
+                                              "--eval-folder: the metrics JSON's path")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.eval_folder:
+        if not args.save:
+            ap.error("--eval-folder needs --save FILE.json (where the metrics JSON goes)")
+        data = files_metrics(args.eval_folder, args.save)
+        print(f"{args.save}: rows {', '.join(data['reports'])}, {len(data['gold'])} questions")
+        return
     if args.compare:
         text, data = compare_metrics_files(*args.compare, n_boot=args.n_boot, seed=args.seed)
         print(text)

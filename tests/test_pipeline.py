@@ -406,6 +406,27 @@ def test_evaluate_files_resumes_and_guards_its_folder(tmp_path, tiny_lm_dir, tin
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     again = evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never",), out=out)
     assert again["base-never"].accuracy == {"en": 1.0, "zh": 1.0} and again["base-never"].consistency == 1.0
+    # the folder as a metrics JSON pairs with a run's base graded elsewhere (every letter wrong there: +100 points)
+    from calm_rag.report import compare_metrics_files, files_metrics
+
+    assert json.loads((out / "gold.json").read_text()) == gold
+    files_metrics(out, tmp_path / "files.json")
+    wrong = {"A": "B", "B": "C", "C": "D"}
+    for tokens in (4, 48):
+        base = _metrics_file(tmp_path / f"run{tokens}.json", "run", "base-never",
+                             [(q, lang, wrong[g]) for q, g in gold.items() for lang in ("en", "zh")], gold, tokens)
+        data = json.loads(base.read_text())
+        data["config"]["model"].update(generator=str(tiny_lm_dir), precision=cfg.model.precision)
+        base.write_text(json.dumps(data))
+    _, change = compare_metrics_files((tmp_path / "run4.json", "base-never"), (tmp_path / "files.json", "base-never"),
+                                      n_boot=10, seed=0)
+    assert change["metrics"]["accuracy:en+zh"][0] == pytest.approx(1.0) and change["changes"]["wrong_to_right"] == 6
+    with pytest.raises(SystemExit, match="different generate.max_new_tokens"):
+        compare_metrics_files((tmp_path / "run48.json", "base-never"), (tmp_path / "files.json", "base-never"),
+                              n_boot=10, seed=0)
+    (out / "gold.json").unlink()
+    with pytest.raises(SystemExit, match=r"gold\.json: missing; give the --out folder of `calm-rag calm eval --data"):
+        files_metrics(out, tmp_path / "files2.json")
     # the folder refuses other settings instead of mixing their generations
     with pytest.raises(ConfigError, match=r"settings\.json: this folder holds an evaluation with other units"):
         evaluate_files([QA / "xcsr_dev.jsonl"], cfg, retrieval=("never",), max_questions=2, out=out)
