@@ -362,7 +362,7 @@ def files_metrics(folder: Path, out: Path) -> dict:
         raise SystemExit(f"{folder}: no graded row (<row>.json); let `calm-rag calm eval --data ...` finish first")
     gens = {n: list(read_jsonl(folder / f"{n}.generations.jsonl", Generation)) for n in reports}
     generate = settings["generate"]
-    config = {"model": {k: settings[k] for k in ("backend", "precision", "adapter")} | {"generator": settings["model"]},
+    config = {"model": {k: settings.get(k) for k in ("backend", "precision", "adapter")} | {"generator": settings["model"]},
               "generate": generate, "selfrag": {**settings["selfrag"], "index": settings["index"]},
               "eval": {"n": generate["n"]}, "data": {"files": settings["files"], "langs": settings["langs"]}}
     data = {"run": out.stem, "source": str(folder), "config": config,
