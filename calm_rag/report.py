@@ -213,8 +213,7 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
     gold = {q.id: q.gold for q in eval_qs}
     langs = list(run.cfg.eval_languages)
     names = manifest["stages"]["eval"]["runs"]
-    reports = {n: load_report(folder / "eval" / f"{n}.json") for n in names}
-    gens = {n: list(read_jsonl(folder / "eval" / f"{n}.generations.jsonl", Generation)) for n in names}
+    reports, gens = graded_rows(folder / "eval", names)
     metrics = table_metrics(langs) + list(group_metrics(run.cfg.calm.languages, langs).values())
     for before, after, _ in COMPARISONS:
         if before in reports and after in reports:
@@ -255,9 +254,20 @@ def run_section(folder: Path, out: Path, n_boot: int, seed: int) -> str:
         "changes": changes, "bootstrap": {"n_boot": n_boot, "seed": seed}, "training_signal": signal,
         # the graded letters, enough to recompute any metric or interval without the run folder
         "gold": gold,
-        "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()},
+        "answers": graded_letters(gens),
     }, indent=2, ensure_ascii=False) + "\n")
     return text
+
+
+def graded_rows(folder: Path, names: Sequence[str]) -> tuple[dict[str, EvalReport], dict[str, list[Generation]]]:
+    """The named evaluated rows of an evaluation folder: each row's report (<row>.json) and generations."""
+    return ({n: load_report(folder / f"{n}.json") for n in names},
+            {n: list(read_jsonl(folder / f"{n}.generations.jsonl", Generation)) for n in names})
+
+
+def graded_letters(gens: dict[str, list[Generation]]) -> dict[str, list[list]]:
+    """Each row's graded letters as a metrics JSON keeps them: [question id, language, sample, letter]."""
+    return {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()}
 
 
 def retrieval_text(selfrag: dict) -> str:
@@ -357,16 +367,16 @@ def files_metrics(folder: Path, out: Path) -> dict:
                              f"of that command writes gold.json and answers nothing again)")
     settings, gold = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
     names = sorted(p.name[:-len(".generations.jsonl")] for p in folder.glob("*.generations.jsonl"))
-    reports = {n: load_report(folder / f"{n}.json") for n in names if (folder / f"{n}.json").is_file()}
-    if not reports:
+    names = [n for n in names if (folder / f"{n}.json").is_file()]
+    if not names:
         raise SystemExit(f"{folder}: no graded row (<row>.json); let `calm-rag calm eval --data ...` finish first")
-    gens = {n: list(read_jsonl(folder / f"{n}.generations.jsonl", Generation)) for n in reports}
+    reports, gens = graded_rows(folder, names)
     generate = settings["generate"]
     config = {"model": {k: settings.get(k) for k in ("backend", "precision", "adapter")} | {"generator": settings["model"]},
               "generate": generate, "selfrag": {**settings["selfrag"], "index": settings["index"]},
               "eval": {"n": generate["n"]}, "data": {"files": settings["files"], "langs": settings["langs"]}}
     data = {"run": out.stem, "source": str(folder), "config": config,
             "reports": {n: r.to_dict() for n, r in reports.items()}, "gold": gold,
-            "answers": {n: [[g.question_id, g.lang, g.sample, g.letter] for g in gs] for n, gs in gens.items()}}
+            "answers": graded_letters(gens)}
     atomic_write_text(out, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return data
